@@ -1,0 +1,176 @@
+"""Default boxes (priors): SSD's multi-scale anchor grid, as pure numpy.
+
+Order, the contract with the model's heads: feature map by feature map, then
+row-major over locations (row i, column j), then box kind at each location:
+the `min_size` square, the `sqrt(min_size * max_size)` square, then for each
+aspect ratio r the pair `(s sqrt(r), s / sqrt(r))` and its transpose.
+"""
+
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+
+class PriorConfig(NamedTuple):
+  """Everything that defines a default-box grid (arguments of default_boxes).
+
+  Sizes and steps are in input pixels; `aspect_ratios[k]` lists the ratios
+  (> 1) of map k, each used with its reciprocal.
+  """
+
+  image_size: int
+  feature_sizes: tuple[int, ...]
+  steps: tuple[float, ...]
+  min_sizes: tuple[float, ...]
+  max_sizes: tuple[float, ...]
+  aspect_ratios: tuple[tuple[float, ...], ...]
+  clip: bool = True
+
+
+# The Caffe release (weiliu89/caffe, examples/ssd/ssd_pascal.py): 8732 boxes.
+SSD300_PRIORS = PriorConfig(
+  image_size=300,
+  feature_sizes=(38, 19, 10, 5, 3, 1),
+  steps=(8, 16, 32, 64, 100, 300),
+  min_sizes=(30, 60, 111, 162, 213, 264),
+  max_sizes=(60, 111, 162, 213, 264, 315),
+  aspect_ratios=((2,), (2, 3), (2, 3), (2, 3), (2,), (2,)),
+)
+
+# The Caffe release (ssd_pascal_512.py): 24564 boxes.
+SSD512_PRIORS = PriorConfig(
+  image_size=512,
+  feature_sizes=(64, 32, 16, 8, 4, 2, 1),
+  steps=(8, 16, 32, 64, 128, 256, 512),
+  min_sizes=(35.84, 76.8, 153.6, 230.4, 307.2, 384.0, 460.8),
+  max_sizes=(76.8, 153.6, 230.4, 307.2, 384.0, 460.8, 537.6),
+  aspect_ratios=((2,), (2, 3), (2, 3), (2, 3), (2, 3), (2,), (2,)),
+)
+
+
+def boxes_per_location(aspect_ratios: Sequence[float]) -> int:
+  """Number of default boxes at each location of a map with these ratios."""
+  return 2 + 2 * len(aspect_ratios)
+
+
+def paper_sizes(
+  image_size: float,
+  num_maps: int,
+  s_min: float = 0.2,
+  s_max: float = 0.9,
+  first_scale: float | None = 0.1,
+  caffe_rounding: bool = False,
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+  """Min and max box sizes from the paper's linear scale rule.
+
+  The paper: `s_k = s_min + (s_max - s_min) (k - 1) / (m - 1)` for the m maps
+  after conv4_3, and each map's extra square has size `sqrt(s_k s_{k+1})`, so
+  map k's max size is `s_{k+1}` (the sequence continued by one step past the
+  last map). The release puts conv4_3 apart at `first_scale` (0.1; SSD512
+  uses 0.07) with max size `s_min`.
+
+  With `caffe_rounding=True` the step is floored to whole percent as
+  `ssd_pascal.py` does, which reproduces the release's exact sizes (SSD300:
+  30, 60, 111, 162, 213, 264 / 60, ..., 315).
+
+  Args:
+    image_size: input side in pixels; sizes are returned in pixels.
+    num_maps: total number of source maps, conv4_3 included when
+      `first_scale` is not None.
+    s_min: scale of the first map after conv4_3.
+    s_max: scale of the last map.
+    first_scale: scale of the separate first map (conv4_3), or None to spread
+      all `num_maps` maps by the rule.
+    caffe_rounding: floor the step to whole percent as the release does.
+
+  Returns:
+    (min_sizes, max_sizes), each a tuple of `num_maps` floats in pixels.
+
+  Raises:
+    ValueError: on fewer maps than the rule needs or scales out of order.
+  """
+  m = num_maps - (first_scale is not None)
+  if m < 2:
+    raise ValueError(f"paper_sizes needs at least 2 maps on the rule, got {m}")
+  if not 0 < s_min < s_max:
+    raise ValueError(f"need 0 < s_min < s_max, got {s_min}, {s_max}")
+  if caffe_rounding:
+    lo, hi = round(s_min * 100), round(s_max * 100)
+    step = math.floor((hi - lo) / (m - 1)) / 100
+  else:
+    step = (s_max - s_min) / (m - 1)
+  scales = [s_min + step * k for k in range(m + 1)]
+  mins, maxs = scales[:-1], scales[1:]
+  if first_scale is not None:
+    mins, maxs = [first_scale, *mins], [s_min, *maxs]
+  return (
+    tuple(image_size * s for s in mins),
+    tuple(image_size * s for s in maxs),
+  )
+
+
+def default_boxes(
+  image_size: float,
+  feature_sizes: Sequence[int],
+  steps: Sequence[float],
+  min_sizes: Sequence[float],
+  max_sizes: Sequence[float],
+  aspect_ratios: Sequence[Sequence[float]],
+  clip: bool = True,
+) -> np.ndarray:
+  """SSD default boxes in centre form, normalised to the input size.
+
+  Args:
+    image_size: input side in pixels (square inputs).
+    feature_sizes: side of each source feature map, e.g. (38, 19, ...).
+    steps: stride of each map in input pixels; centres sit at
+      `((j + 0.5) step, (i + 0.5) step) / image_size`.
+    min_sizes: size of the small square of each map, in pixels.
+    max_sizes: the second square of each map has size sqrt(min * max).
+    aspect_ratios: per map, the ratios r > 0 used as `(s sqrt(r), s /
+      sqrt(r))` and its transpose, s the min size.
+    clip: clamp all four centre-form values to [0, 1], as ssd.pytorch and
+      torchvision do (the Caffe release does not clip).
+
+  Returns:
+    [P, 4] float32 `(cx, cy, w, h)`, P = sum_k f_k^2 (2 + 2 len(ratios_k)).
+
+  Raises:
+    ValueError: when the per-map sequences differ in length or a size is not
+      positive.
+  """
+  per_map = (steps, min_sizes, max_sizes, aspect_ratios)
+  if any(len(x) != len(feature_sizes) for x in per_map):
+    raise ValueError(
+      "feature_sizes, steps, min_sizes, max_sizes and aspect_ratios must have"
+      f" one entry per map; got lengths {len(feature_sizes)}, "
+      f"{[len(x) for x in per_map]}"
+    )
+  all_sizes = (*feature_sizes, *steps, *min_sizes, *max_sizes, image_size)
+  if min(all_sizes, default=1) <= 0:
+    raise ValueError("sizes and steps must be positive")
+  if any(r <= 0 for rs in aspect_ratios for r in rs):
+    raise ValueError(f"aspect ratios must be positive, got {aspect_ratios}")
+  out = []
+  for f, step, lo, hi, ratios in zip(
+    feature_sizes, steps, min_sizes, max_sizes, aspect_ratios, strict=True
+  ):
+    s = lo / image_size
+    s_prime = math.sqrt(lo * hi) / image_size
+    wh = [(s, s), (s_prime, s_prime)]
+    for r in ratios:
+      sr = math.sqrt(r)
+      wh += [(s * sr, s / sr), (s / sr, s * sr)]
+    wh = np.asarray(wh, np.float64)  # [K, 2]
+    centres = (np.arange(f, dtype=np.float64) + 0.5) * step / image_size
+    cy, cx = np.meshgrid(centres, centres, indexing="ij")  # [f, f]
+    xy = np.stack([cx, cy], -1).reshape(-1, 1, 2)  # [f*f, 1, 2]
+    xy = np.broadcast_to(xy, (f * f, len(wh), 2))
+    whs = np.broadcast_to(wh[None], (f * f, len(wh), 2))
+    out.append(np.concatenate([xy, whs], -1).reshape(-1, 4))  # [f*f*K, 4]
+  priors = np.concatenate(out, 0) if out else np.zeros((0, 4))
+  if clip:
+    priors = np.clip(priors, 0.0, 1.0)
+  return priors.astype(np.float32)
