@@ -1,0 +1,105 @@
+"""Matching ground truth to default boxes: SSD's training targets.
+
+`match` works on one image with static shapes so that it jits once and
+`jax.vmap`s over a padded batch; the training step runs it on device.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from ssd_jax import boxes as box_lib
+
+
+def match(
+  gt_boxes: jnp.ndarray,
+  gt_labels: jnp.ndarray,
+  priors: jnp.ndarray,
+  iou_threshold: float = 0.5,
+  variances: box_lib.Variances = box_lib.DEFAULT_VARIANCES,
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """Assigns each default box a class and regression target (one image).
+
+  The paper's rule (Sec. 2.2):
+  1. Each real ground truth claims the prior it overlaps best, even below
+     `iou_threshold` (ties go to the lower prior index). When several
+     ground truths claim the same prior, the one with the higher IoU wins
+     (ties: the lower ground-truth index). A ground truth that overlaps no
+     prior at all (IoU 0 everywhere, e.g. a zero-area box) claims nothing.
+  2. Every other prior takes its best-IoU ground truth if that IoU is
+     `>= iou_threshold`, else it is background (class 0).
+
+  Rows with `gt_labels == 0` are padding and never match, so a batch can be
+  padded to a fixed number of boxes; an image with no real boxes gives all
+  background.
+
+  Args:
+    gt_boxes: [M, 4] float corners in [0, 1]; M may be 0.
+    gt_labels: [M] int, 1..C-1 for real boxes, 0 for padding.
+    priors: [P, 4] default boxes, centre form.
+    iou_threshold: minimum IoU for a non-forced match.
+    variances: encoding variances, see `boxes.encode`.
+
+  Returns:
+    loc_targets: [P, 4] float32 `encode(matched box, prior)`, 0 where the
+      prior is background.
+    cls_targets: [P] int32 class of the matched box, 0 for background.
+  """
+  gt_boxes = jnp.asarray(gt_boxes, jnp.float32)
+  gt_labels = jnp.asarray(gt_labels, jnp.int32)
+  priors = jnp.asarray(priors, jnp.float32)
+  num_gt, num_priors = gt_boxes.shape[0], priors.shape[0]
+  if num_gt == 0:  # Static shape: nothing to match.
+    return (
+      jnp.zeros((num_priors, 4), jnp.float32),
+      jnp.zeros((num_priors,), jnp.int32),
+    )
+
+  valid = gt_labels > 0  # [M]
+  iou = box_lib.pairwise_iou(gt_boxes, box_lib.center_to_corners(priors))
+  # Padding gets -1 so that it loses even against a real box with IoU 0.
+  iou = jnp.where(valid[:, None], iou, -1.0)  # [M, P]
+
+  # Rule 2: best ground truth of each prior.
+  best_gt = jnp.argmax(iou, axis=0)  # [P]
+  best_gt_iou = jnp.max(iou, axis=0)  # [P]
+  positive = best_gt_iou >= iou_threshold  # [P]
+
+  # Rule 1: best prior of each real ground truth (argmax: lowest index wins).
+  best_prior = jnp.argmax(iou, axis=1)  # [M]
+  claims = valid & (jnp.max(iou, axis=1) > 0)  # [M]
+  claimed = claims[:, None] & (
+    best_prior[:, None] == jnp.arange(num_priors)[None, :]
+  )  # [M, P]
+  forced_gt = jnp.argmax(jnp.where(claimed, iou, -2.0), axis=0)  # [P]
+  forced = jnp.any(claimed, axis=0)  # [P]
+
+  matched_gt = jnp.where(forced, forced_gt, best_gt)  # [P]
+  positive = positive | forced
+  cls_targets = jnp.where(positive, gt_labels[matched_gt], 0)
+  loc_targets = box_lib.encode(gt_boxes[matched_gt], priors, variances)
+  loc_targets = jnp.where(positive[:, None], loc_targets, 0.0)
+  return loc_targets.astype(jnp.float32), cls_targets.astype(jnp.int32)
+
+
+def match_batch(
+  gt_boxes: jnp.ndarray,
+  gt_labels: jnp.ndarray,
+  priors: jnp.ndarray,
+  iou_threshold: float = 0.5,
+  variances: box_lib.Variances = box_lib.DEFAULT_VARIANCES,
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """`match` vmapped over a padded batch (the priors are shared).
+
+  Args:
+    gt_boxes: [B, M, 4] corners.
+    gt_labels: [B, M] int, 0 = padding.
+    priors: [P, 4] centre form.
+    iou_threshold: see `match`.
+    variances: see `match`.
+
+  Returns:
+    loc_targets [B, P, 4] float32 and cls_targets [B, P] int32.
+  """
+  return jax.vmap(match, in_axes=(0, 0, None, None, None))(
+    gt_boxes, gt_labels, priors, iou_threshold, variances
+  )

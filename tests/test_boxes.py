@@ -1,0 +1,147 @@
+"""Tests for ssd_jax.boxes against slow numpy references."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from ssd_jax import boxes as box_lib
+
+
+def _ref_iou(a, b):
+  """Pure-Python IoU of two corner boxes (0 for empty intersections)."""
+  iw = min(a[2], b[2]) - max(a[0], b[0])
+  ih = min(a[3], b[3]) - max(a[1], b[1])
+  if iw <= 0 or ih <= 0:
+    return 0.0
+  inter = iw * ih
+  area = lambda x: max(x[2] - x[0], 0) * max(x[3] - x[1], 0)
+  return inter / (area(a) + area(b) - inter)
+
+
+def _random_corners(rng, n, min_size=0.01):
+  xy = rng.uniform(0, 0.9, (n, 2))
+  wh = rng.uniform(min_size, 0.5, (n, 2))
+  return np.concatenate([xy, np.minimum(xy + wh, 1.0)], -1).astype(np.float32)
+
+
+corner_boxes = hnp.arrays(
+  np.float32,
+  st.tuples(st.integers(0, 6), st.just(4)),
+  elements=st.floats(0, 1, width=32),
+)
+
+
+@settings(max_examples=50, deadline=None)
+@given(corner_boxes, corner_boxes)
+def test_pairwise_iou_matches_loop(a, b):
+  got = np.asarray(box_lib.pairwise_iou(a, b))
+  want = np.array([[_ref_iou(x, y) for y in b] for x in a]).reshape(
+    len(a), len(b)
+  )
+  assert got.shape == (len(a), len(b))
+  assert np.all(np.isfinite(got))
+  np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_pairwise_iou_hand_worked():
+  a = np.array([[0.0, 0.0, 0.5, 0.5]])
+  b = np.array(
+    [
+      [0.0, 0.0, 0.5, 0.5],  # identical: 1
+      [0.25, 0.0, 0.75, 0.5],  # half overlap: 0.125 / 0.375
+      [0.5, 0.5, 1.0, 1.0],  # touching corner: 0
+      [0.2, 0.2, 0.2, 0.4],  # zero area: 0
+      [0.4, 0.4, 0.1, 0.1],  # inverted: 0
+    ]
+  )
+  np.testing.assert_allclose(
+    box_lib.pairwise_iou(a, b), [[1.0, 1 / 3, 0.0, 0.0, 0.0]], atol=1e-6
+  )
+
+
+def test_pairwise_iou_empty_and_degenerate_gradients():
+  assert box_lib.pairwise_iou(np.zeros((0, 4)), np.zeros((3, 4))).shape == (
+    0,
+    3,
+  )
+  assert box_lib.pairwise_iou(np.zeros((2, 4)), np.zeros((0, 4))).shape == (
+    2,
+    0,
+  )
+  zeros = jnp.zeros((2, 4))
+  np.testing.assert_array_equal(box_lib.pairwise_iou(zeros, zeros), 0.0)
+  grad = jax.grad(lambda x: box_lib.pairwise_iou(x, zeros).sum())(zeros)
+  assert np.all(np.isfinite(grad))
+
+
+def test_format_round_trip_and_area():
+  rng = np.random.default_rng(0)
+  corners = _random_corners(rng, 20)
+  centre = box_lib.corners_to_center(corners)
+  np.testing.assert_allclose(
+    box_lib.center_to_corners(centre), corners, atol=1e-6
+  )
+  np.testing.assert_allclose(
+    centre[:, 2] * centre[:, 3], box_lib.box_area(corners), rtol=1e-5
+  )
+  np.testing.assert_allclose(
+    box_lib.center_to_corners(np.array([0.5, 0.5, 0.2, 0.4])),
+    [0.4, 0.3, 0.6, 0.7],
+    atol=1e-6,
+  )
+  assert box_lib.box_area(np.array([0.5, 0.5, 0.4, 0.9])) == 0.0
+
+
+def test_encode_hand_worked():
+  prior = np.array([[0.5, 0.5, 0.2, 0.4]])
+  box = np.array([[0.42, 0.34, 0.62, 0.74]])  # cx .52, cy .54, w .2, h .4
+  want = [[0.02 / (0.2 * 0.1), 0.04 / (0.4 * 0.1), 0.0, 0.0]]
+  np.testing.assert_allclose(box_lib.encode(box, prior), want, atol=1e-5)
+  big = np.array([[0.3, 0.1, 0.7, 0.9]])  # twice the prior
+  np.testing.assert_allclose(
+    box_lib.encode(big, prior)[0, 2:], [np.log(2) / 0.2] * 2, atol=1e-5
+  )
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.sampled_from([(0.1, 0.2), (1.0, 1.0)]))
+def test_decode_encode_round_trip(seed, variances):
+  rng = np.random.default_rng(seed)
+  corners = _random_corners(rng, 16)
+  priors = box_lib.corners_to_center(_random_corners(rng, 16))
+  deltas = box_lib.encode(corners, priors, variances)
+  np.testing.assert_allclose(
+    box_lib.decode(deltas, priors, variances), corners, atol=2e-5
+  )
+
+
+def test_decode_batched_and_clamped():
+  priors = np.array([[0.5, 0.5, 0.1, 0.1]], np.float32)
+  deltas = np.array([[[0.0, 0.0, 1e4, -1e4]], [[0.0, 0.0, 0.0, 0.0]]])
+  out = np.asarray(box_lib.decode(deltas, priors))
+  assert out.shape == (2, 1, 4)
+  assert np.all(np.isfinite(out))
+  width = out[0, 0, 2] - out[0, 0, 0]
+  np.testing.assert_allclose(width, 0.1 * np.exp(box_lib.MAX_LOG_SCALE))
+  np.testing.assert_allclose(out[1, 0], [0.45, 0.45, 0.55, 0.55], atol=1e-6)
+
+
+def test_encode_degenerate_box_is_finite():
+  prior = np.array([[0.5, 0.5, 0.2, 0.2]])
+  assert np.all(
+    np.isfinite(box_lib.encode(np.array([[0.5, 0.5, 0.5, 0.5]]), prior))
+  )
+
+
+@pytest.mark.parametrize("fn", [box_lib.encode, box_lib.decode])
+def test_jit_equals_eager(fn):
+  rng = np.random.default_rng(1)
+  a = _random_corners(rng, 8)
+  priors = box_lib.corners_to_center(_random_corners(rng, 8))
+  np.testing.assert_allclose(
+    jax.jit(fn)(a, priors), fn(a, priors), rtol=1e-6, atol=1e-6
+  )

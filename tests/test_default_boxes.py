@@ -1,0 +1,99 @@
+"""Tests for ssd_jax.default_boxes: counts, order, the release's sizes."""
+
+import math
+
+import numpy as np
+import pytest
+
+from ssd_jax import default_boxes as db
+
+
+def _ref_default_boxes(cfg):
+  """Slow loop in the order documented by the module (ssd.pytorch style)."""
+  out = []
+  for k, f in enumerate(cfg.feature_sizes):
+    for i in range(f):
+      for j in range(f):
+        cx = (j + 0.5) * cfg.steps[k] / cfg.image_size
+        cy = (i + 0.5) * cfg.steps[k] / cfg.image_size
+        s = cfg.min_sizes[k] / cfg.image_size
+        out.append([cx, cy, s, s])
+        sp = math.sqrt(cfg.min_sizes[k] * cfg.max_sizes[k]) / cfg.image_size
+        out.append([cx, cy, sp, sp])
+        for r in cfg.aspect_ratios[k]:
+          out.append([cx, cy, s * math.sqrt(r), s / math.sqrt(r)])
+          out.append([cx, cy, s / math.sqrt(r), s * math.sqrt(r)])
+  out = np.array(out)
+  return np.clip(out, 0, 1) if cfg.clip else out
+
+
+@pytest.mark.parametrize(
+  "cfg, count", [(db.SSD300_PRIORS, 8732), (db.SSD512_PRIORS, 24564)]
+)
+def test_release_counts_and_order(cfg, count):
+  priors = db.default_boxes(*cfg)
+  assert priors.shape == (count, 4)
+  assert priors.dtype == np.float32
+  np.testing.assert_allclose(priors, _ref_default_boxes(cfg), atol=1e-6)
+  per_map = [
+    f * f * db.boxes_per_location(r)
+    for f, r in zip(cfg.feature_sizes, cfg.aspect_ratios, strict=True)
+  ]
+  assert sum(per_map) == count
+
+
+def test_first_boxes_hand_worked():
+  priors = db.default_boxes(*db.SSD300_PRIORS)
+  # First location of conv4_3: centre (4/300, 4/300), sizes 30 and sqrt(1800).
+  c = 4 / 300
+  np.testing.assert_allclose(priors[0], [c, c, 0.1, 0.1], atol=1e-6)
+  s2 = math.sqrt(30 * 60) / 300
+  np.testing.assert_allclose(priors[1], [c, c, s2, s2], atol=1e-6)
+  r = math.sqrt(2)
+  np.testing.assert_allclose(priors[2], [c, c, 0.1 * r, 0.1 / r], atol=1e-6)
+  np.testing.assert_allclose(priors[3], [c, c, 0.1 / r, 0.1 * r], atol=1e-6)
+  # Second location is one step to the right (row-major).
+  np.testing.assert_allclose(priors[4, :2], [12 / 300, c], atol=1e-6)
+  # The last map: one location at the centre, clipped sizes.
+  np.testing.assert_allclose(priors[-4, :2], [0.5, 0.5], atol=1e-6)
+  assert priors.max() <= 1.0 and priors.min() >= 0.0
+
+
+def test_no_clip_keeps_release_values():
+  cfg = db.SSD300_PRIORS._replace(clip=False)
+  priors = db.default_boxes(*cfg)
+  assert priors.max() > 1.0  # sqrt(264 * 315) / 300 > 1
+  np.testing.assert_allclose(priors, _ref_default_boxes(cfg), atol=1e-6)
+
+
+def test_paper_sizes_reproduce_release():
+  mins, maxs = db.paper_sizes(300, 6, caffe_rounding=True)
+  np.testing.assert_allclose(mins, db.SSD300_PRIORS.min_sizes)
+  np.testing.assert_allclose(maxs, db.SSD300_PRIORS.max_sizes)
+  mins, maxs = db.paper_sizes(
+    512, 7, s_min=0.15, s_max=0.9, first_scale=0.07, caffe_rounding=True
+  )
+  np.testing.assert_allclose(mins, db.SSD512_PRIORS.min_sizes, rtol=1e-6)
+  np.testing.assert_allclose(maxs, db.SSD512_PRIORS.max_sizes, rtol=1e-6)
+
+
+def test_paper_sizes_formula():
+  # Without the separate conv4_3 scale: s_k = 0.2 + 0.7 (k - 1) / (m - 1).
+  mins, maxs = db.paper_sizes(100, 5, first_scale=None)
+  np.testing.assert_allclose(mins, [20, 37.5, 55, 72.5, 90])
+  np.testing.assert_allclose(maxs, [37.5, 55, 72.5, 90, 107.5])
+
+
+def test_bad_arguments():
+  with pytest.raises(ValueError, match="one entry per map"):
+    db.default_boxes(300, (38, 19), (8,), (30,), (60,), ((2,),))
+  with pytest.raises(ValueError, match="positive"):
+    db.default_boxes(300, (2,), (8,), (0,), (60,), ((2,),))
+  with pytest.raises(ValueError, match="s_min"):
+    db.paper_sizes(300, 6, s_min=0.9, s_max=0.2)
+  with pytest.raises(ValueError, match="at least 2"):
+    db.paper_sizes(300, 2)
+
+
+def test_empty_grid():
+  assert db.default_boxes(300, (), (), (), (), ()).shape == (0, 4)
