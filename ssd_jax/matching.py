@@ -13,8 +13,8 @@ from ssd_jax import boxes as box_lib
 def _first_argmax(x: jnp.ndarray, axis: int) -> tuple[jnp.ndarray, jnp.ndarray]:
   """`(argmax, max)` along `axis`; ties go to the lowest index.
 
-  Written as a max and a min reduction: XLA's CPU backend runs those about
-  five times faster than `jnp.argmax`'s variadic (value, index) reduction.
+  Written as a max and a min reduction: XLA's CPU backend ran those several
+  times faster than `jnp.argmax`'s variadic (value, index) reduction.
   """
   best = jnp.max(x, axis=axis, keepdims=True)
   idx = jax.lax.broadcasted_iota(jnp.int32, x.shape, axis)
