@@ -338,6 +338,11 @@ def gpu_figures(repeats, batches=(32, 128)):
 
       lo, med = timeit(run, repeats, warmup=2)
       out[f"gpu_train_b{batch}_{dtype_name}"] = (lo, med, batch)
+      print(
+        f"train b{batch} {dtype_name}: {batch / med:.1f} img/s",
+        file=sys.stderr,
+        flush=True,
+      )
     lo, med = jax_forward(big, dtype, repeats)
     out[f"gpu_forward_b{big}_{dtype_name}"] = (lo, med, big)
   if torchvision_available():
