@@ -236,7 +236,8 @@ def tv_forward(batch, repeats, device="cpu"):
 
   def run():
     with torch.no_grad():
-      model.head(model.backbone(x))
+      features = model.backbone(x)  # an OrderedDict of maps
+      model.head(list(features.values()))
     _tv_sync(device)
 
   return timeit(run, repeats)
