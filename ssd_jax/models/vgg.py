@@ -1,0 +1,120 @@
+"""VGG16 as SSD uses it: conv1_1 .. conv5_3, pool5 3x3/1, dilated fc6, fc7.
+
+The SSD authors' "reduced fc" VGG16 (Liu et al., 2016, Sec. 3): pool3 rounds
+up (Caffe's ceil mode, so a 300 input gives a 38x38 conv4_3), pool5 is a 3x3
+max pool with stride 1 and padding 1, fc6 is a 3x3 convolution with 1024
+channels and dilation 6 (a trous), fc7 a 1x1 convolution with 1024 channels.
+Inputs are NHWC; parameters are HWIO kernels and biases.
+"""
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# (name, output channels) of the 13 VGG16 convolutions, grouped by stage.
+VGG16_STAGES = (
+  (("conv1_1", 64), ("conv1_2", 64)),
+  (("conv2_1", 128), ("conv2_2", 128)),
+  (("conv3_1", 256), ("conv3_2", 256), ("conv3_3", 256)),
+  (("conv4_1", 512), ("conv4_2", 512), ("conv4_3", 512)),
+  (("conv5_1", 512), ("conv5_2", 512), ("conv5_3", 512)),
+)
+FC_CHANNELS = 1024
+
+
+def scaled_channels(channels: int, width: float) -> int:
+  """Channel count after the width multiplier: `max(1, round(c * width))`."""
+  return max(1, int(round(channels * width)))
+
+
+def pool_size(size: int, ceil_mode: bool = False) -> int:
+  """Side of a 2x2 stride-2 max pool output (Caffe/PyTorch rounding)."""
+  return math.ceil(size / 2) if ceil_mode else size // 2
+
+
+def vgg16_feature_sizes(image_size: int) -> tuple[int, int]:
+  """Sides of conv4_3 and fc7 for a square input, computed arithmetically.
+
+  pool1, pool2 and pool4 round down, pool3 rounds up; pool5 (3x3, stride 1,
+  padding 1), fc6 (dilation 6, padding 6) and fc7 keep the size.
+
+  Args:
+    image_size: input side in pixels.
+
+  Returns:
+    (conv4_3 side, fc7 side); 300 gives (38, 19), 512 gives (64, 32).
+  """
+  size = pool_size(pool_size(image_size))  # pool1, pool2
+  conv4_3 = pool_size(size, ceil_mode=True)  # pool3
+  return conv4_3, pool_size(conv4_3)  # pool4
+
+
+def max_pool_2x2(x: jax.Array, ceil_mode: bool = False) -> jax.Array:
+  """2x2 stride-2 max pool on NHWC; `ceil_mode` pads odd sides with -inf."""
+  pad_h = x.shape[1] % 2 if ceil_mode else 0
+  pad_w = x.shape[2] % 2 if ceil_mode else 0
+  return nn.max_pool(
+    x, (2, 2), strides=(2, 2), padding=((0, pad_h), (0, pad_w))
+  )
+
+
+class VGG16(nn.Module):
+  """The SSD VGG16 trunk, returning the conv4_3 and fc7 maps.
+
+  Kernels start Xavier-uniform and biases zero (the release's init for the
+  layers it adds; `ssd_jax.weights.from_torchvision_vgg16` gives the
+  ImageNet start).
+
+  Attributes:
+    width: channel multiplier (1.0 is VGG16; 0.25 a small CPU variant).
+    dtype: computation dtype.
+    param_dtype: parameter dtype.
+  """
+
+  width: float = 1.0
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  def _conv(self, channels, kernel, name, **kwargs) -> nn.Conv:
+    return nn.Conv(
+      scaled_channels(channels, self.width),
+      kernel,
+      padding=kwargs.pop("padding", 1),
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      kernel_init=nn.initializers.xavier_uniform(),
+      bias_init=nn.initializers.zeros,
+      name=name,
+      **kwargs,
+    )
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Runs the trunk.
+
+    Args:
+      x: [B, H, W, 3] images (already normalised).
+
+    Returns:
+      conv4_3: [B, h4, w4, 512 * width] after ReLU, before L2Norm
+        (h4 = 38 for H = 300).
+      fc7: [B, h7, w7, 1024 * width] after ReLU (h7 = 19 for H = 300).
+    """
+    x = x.astype(self.dtype)
+    conv4_3 = None
+    for stage, layers in enumerate(VGG16_STAGES):
+      if stage > 0:
+        x = max_pool_2x2(x, ceil_mode=stage == 3)  # pool3 rounds up
+      for name, channels in layers:
+        x = nn.relu(self._conv(channels, (3, 3), name)(x))
+      if stage == 3:
+        conv4_3 = x
+    x = nn.max_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)))
+    x = self._conv(
+      FC_CHANNELS, (3, 3), "fc6", padding=6, kernel_dilation=(6, 6)
+    )(x)
+    x = nn.relu(x)
+    x = nn.relu(self._conv(FC_CHANNELS, (1, 1), "fc7", padding=0)(x))
+    return conv4_3, x

@@ -1,0 +1,422 @@
+"""Import torchvision weights into this package's SSD parameters.
+
+Two sources, both given as a mapping from torchvision's own key names to
+numpy arrays (a "state dict"):
+
+- `from_torchvision_vgg16`: torchvision's ImageNet `vgg16` -> the SSD trunk
+  (`params["vgg"]`), with fc6/fc7 reduced to convolutions as the SSD authors
+  did (their `VGG_ILSVRC_16_layers_fc_reduced`): fc6 (4096 x 512*7*7) keeps
+  every 4th output unit and every 3rd spatial tap (rows/columns 0, 3, 6),
+  giving a 3x3x512x1024 kernel used with dilation 6; fc7 (4096 x 4096) keeps
+  every 4th output and every 4th input unit, giving 1x1x1024x1024. The
+  result is a partial tree; merge it into a fresh init with `merge_params`.
+- `from_torchvision_ssd300`: torchvision's `ssd300_vgg16` (COCO: 91 classes,
+  ids as torchvision's COCO category ids, 0 background) -> every parameter of
+  `SSD300(num_classes=C, prior_config=TORCHVISION_SSD300_PRIORS)`.
+
+What is equal after `from_torchvision_ssd300`: for an input `x` [B, 300,
+300, 3] normalised as torchvision's SSD300 transform does (0..255 pixels
+minus (123, 117, 104), std 1, the `ssd_jax.data` convention), our `(loc,
+logits)` equal torchvision's `model.head(model.backbone(x_nchw))`
+`["bbox_regression"]` and `["cls_logits"]` row for row, up to float
+rounding (and the L2Norm epsilon: ours divides by sqrt(sum x^2 + 1e-10),
+torchvision by max(norm, 1e-12); they differ only where the conv4_3 norm is
+below ~1e-5). No permutation of head channels is needed, and none is made:
+torchvision's DefaultBoxGenerator orders boxes per map, row-major (y outer,
+x inner), and at each location (s_k, s_k), (s'_k, s'_k), then for each
+ratio r (s_k sqrt(r), s_k / sqrt(r)) and its transpose, which is
+`ssd_jax.default_boxes` order; its heads view channels as (anchor, column)
+with the anchor major, as our reshape of NHWC channels does; its box coder
+weights (10, 10, 5, 5) on (dx, dy, dw, dh) are our variances (0.1, 0.2) on
+(cx, cy, w, h). Its boxes differ from SSD300_PRIORS only in size (scales
+0.07, 0.15, ... 1.05 of 300): `TORCHVISION_SSD300_PRIORS` reproduces them.
+
+Files: `.npz` and `.safetensors` (when the `safetensors` package is
+installed) load without torch; `.pth`/`.pt` load only when torch is
+installed, always with `torch.load(weights_only=True)`.
+
+Command line (writes an orbax checkpoint of `{"params": ...}` for
+`config.init_from`)::
+
+  python -m ssd_jax.weights --from torchvision-vgg16 vgg16.pth OUT_DIR
+  python -m ssd_jax.weights --from torchvision-ssd300 ssd300.pth OUT_DIR
+"""
+
+import argparse
+import importlib.util
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from ssd_jax.models.ssd import SSD, TORCHVISION_SSD300_PRIORS
+from ssd_jax.models.vgg import VGG16, VGG16_STAGES
+
+Params = dict[str, Any]
+
+# Indices of the 13 convolutions in torchvision's `vgg16().features`.
+_VGG_FEATURE_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
+_VGG_NAMES = tuple(name for stage in VGG16_STAGES for name, _ in stage)
+
+
+def _conv(array: np.ndarray) -> np.ndarray:
+  """OIHW (torch) -> HWIO (flax)."""
+  return np.transpose(array, (2, 3, 1, 0))
+
+
+def _conv_torch_shape(hwio: tuple[int, ...]) -> tuple[int, ...]:
+  h, w, i, o = hwio
+  return (o, i, h, w)
+
+
+def _fc6(weight: np.ndarray, in_channels: int) -> np.ndarray:
+  """[4n, in*7*7] classifier.0 -> [3, 3, in, n] dilated conv kernel."""
+  w = weight.reshape(weight.shape[0], in_channels, 7, 7)  # torch flatten
+  return _conv(w[::4, :, ::3, ::3])
+
+
+def _fc7(weight: np.ndarray) -> np.ndarray:
+  """[4n, 4m] classifier.3 -> [1, 1, m, n] conv kernel."""
+  return _conv(weight[::4, ::4][:, :, None, None])
+
+
+class _Converter:
+  """Collects (torch key -> our path) conversions with shape checks."""
+
+  def __init__(self, state_dict: Mapping[str, Any], expected: Params):
+    self.state_dict = state_dict
+    self.expected = traverse_util.flatten_dict(expected, sep="/")
+    self.used: set[str] = set()
+    self.out: dict[str, np.ndarray] = {}
+
+  def take(self, key: str, torch_shape: tuple[int, ...]) -> np.ndarray:
+    if key not in self.state_dict:
+      raise KeyError(f"missing key in state dict: {key!r}")
+    value = np.asarray(self.state_dict[key], dtype=np.float32)
+    if value.shape != tuple(torch_shape):
+      raise ValueError(
+        f"shape mismatch for {key!r}: got {value.shape}, expected "
+        f"{tuple(torch_shape)}"
+      )
+    self.used.add(key)
+    return value
+
+  def put(self, path: str, value: np.ndarray) -> None:
+    shape = self.expected[path].shape
+    if value.shape != shape:  # an internal error, shapes are pre-checked
+      raise ValueError(f"{path}: converted {value.shape}, model {shape}")
+    self.out[path] = value
+
+  def conv(self, prefix: str, path: str) -> None:
+    """A torch Conv2d `prefix.weight/bias` -> our `path/kernel/bias`."""
+    hwio = self.expected[f"{path}/kernel"].shape
+    w = self.take(f"{prefix}.weight", _conv_torch_shape(hwio))
+    b = self.take(f"{prefix}.bias", (hwio[-1],))
+    self.put(f"{path}/kernel", _conv(w))
+    self.put(f"{path}/bias", b)
+
+  def finish(self, ignored: tuple[str, ...] = ()) -> Params:
+    extra = sorted(set(self.state_dict) - self.used - set(ignored))
+    if extra:
+      raise KeyError(f"unexpected keys in state dict: {extra}")
+    return traverse_util.unflatten_dict(self.out, sep="/")
+
+
+def _vgg_shapes(width: float) -> Params:
+  variables = jax.eval_shape(
+    VGG16(width=width).init, jax.random.key(0), jnp.zeros((1, 32, 32, 3))
+  )
+  return variables["params"]
+
+
+def from_torchvision_vgg16(
+  state_dict: Mapping[str, Any], width: float = 1.0
+) -> Params:
+  """Converts torchvision's ImageNet `vgg16` weights to the SSD trunk.
+
+  Args:
+    state_dict: torchvision key -> array: `features.{0,2,...,28}.weight`
+      [O, I, 3, 3] and `.bias` [O]; optionally `classifier.0` (fc6) and
+      `classifier.3` (fc7) weights and biases, both or neither (without them
+      fc6/fc7 are left out of the result); `classifier.6` (the ImageNet
+      classifier) is accepted and ignored.
+    width: channel multiplier of the SSD the weights are for (1.0 for
+      torchvision's VGG16; other values are for tests of scaled copies).
+
+  Returns:
+    `{"vgg": {"conv1_1": {"kernel": [3, 3, 3, 64], "bias": [64]}, ...,
+    "fc6": {"kernel": [3, 3, 512, 1024], ...}, "fc7": ...}}`, float32 numpy,
+    a partial SSD params tree for `merge_params`.
+
+  Raises:
+    KeyError: naming a missing or unexpected key.
+    ValueError: naming a key whose shape is wrong.
+  """
+  expected = _vgg_shapes(width)
+  conv = _Converter(state_dict, {"vgg": expected})
+  for index, name in zip(_VGG_FEATURE_INDICES, _VGG_NAMES, strict=True):
+    conv.conv(f"features.{index}", f"vgg/{name}")
+  has_fc = [f"classifier.{i}.weight" in state_dict for i in (0, 3)]
+  if any(has_fc):
+    fc6 = expected["fc6"]["kernel"].shape  # [3, 3, in, out]
+    fc7 = expected["fc7"]["kernel"].shape  # [1, 1, out, out]
+    w6 = conv.take("classifier.0.weight", (4 * fc6[3], fc6[2] * 49))
+    b6 = conv.take("classifier.0.bias", (4 * fc6[3],))
+    w7 = conv.take("classifier.3.weight", (4 * fc7[3], 4 * fc7[2]))
+    b7 = conv.take("classifier.3.bias", (4 * fc7[3],))
+    conv.put("vgg/fc6/kernel", _fc6(w6, fc6[2]))
+    conv.put("vgg/fc6/bias", b6[::4])
+    conv.put("vgg/fc7/kernel", _fc7(w7))
+    conv.put("vgg/fc7/bias", b7[::4])
+  return conv.finish(ignored=("classifier.6.weight", "classifier.6.bias"))
+
+
+def from_torchvision_ssd300(
+  state_dict: Mapping[str, Any], width: float = 1.0
+) -> Params:
+  """Converts torchvision's `ssd300_vgg16` weights to SSD300 params.
+
+  Key mapping (torchvision -> ours): `backbone.features.{0..21}` ->
+  `vgg/conv1_1 .. conv4_3`; `backbone.scale_weight` ->
+  `conv4_3_norm/scale`; `backbone.extra.0.{1,3,5}` -> `vgg/conv5_1 ..
+  conv5_3`, `backbone.extra.0.7.{1,3}` -> `vgg/fc6`, `vgg/fc7`;
+  `backbone.extra.{1..4}.{0,2}` -> `conv{8..11}_{1,2}`;
+  `head.regression_head.module_list.k` -> `loc_k`,
+  `head.classification_head.module_list.k` -> `conf_k`. Kernels go OIHW ->
+  HWIO; head channels keep their order (see the module docstring for why
+  that is the same per-box layout).
+
+  Args:
+    state_dict: torchvision key -> array, exactly the keys of
+      `ssd300_vgg16(...).state_dict()`.
+    width: channel multiplier of the SSD the weights are for (1.0 for
+      torchvision's; other values are for tests of scaled copies).
+
+  Returns:
+    The full params tree of `SSD300(num_classes=C, width=width,
+    prior_config=TORCHVISION_SSD300_PRIORS)`, float32 numpy, with C read
+    from the classification head (91 for torchvision's COCO model).
+
+  Raises:
+    KeyError: naming a missing or unexpected key.
+    ValueError: naming a key whose shape is wrong.
+  """
+  num_classes = num_classes_of_ssd300(state_dict)
+  model = SSD(
+    num_classes=num_classes,
+    image_size=300,
+    width=width,
+    prior_config=TORCHVISION_SSD300_PRIORS,
+  )
+  variables = jax.eval_shape(
+    model.init, jax.random.key(0), jnp.zeros((1, 300, 300, 3))
+  )
+  conv = _Converter(state_dict, variables["params"])
+  for index, name in zip(_VGG_FEATURE_INDICES[:10], _VGG_NAMES, strict=False):
+    conv.conv(f"backbone.features.{index}", f"vgg/{name}")
+  for index, name in zip((1, 3, 5), _VGG_NAMES[10:], strict=True):
+    conv.conv(f"backbone.extra.0.{index}", f"vgg/{name}")
+  conv.conv("backbone.extra.0.7.1", "vgg/fc6")
+  conv.conv("backbone.extra.0.7.3", "vgg/fc7")
+  scale_shape = conv.expected["conv4_3_norm/scale"].shape
+  conv.put(
+    "conv4_3_norm/scale", conv.take("backbone.scale_weight", scale_shape)
+  )
+  for block in range(1, 5):
+    conv.conv(f"backbone.extra.{block}.0", f"conv{7 + block}_1")
+    conv.conv(f"backbone.extra.{block}.2", f"conv{7 + block}_2")
+  for k in range(6):
+    conv.conv(f"head.regression_head.module_list.{k}", f"loc_{k}")
+    conv.conv(f"head.classification_head.module_list.{k}", f"conf_{k}")
+  return conv.finish()
+
+
+def num_classes_of_ssd300(state_dict: Mapping[str, Any]) -> int:
+  """Classes (with background) of a torchvision SSD300 state dict.
+
+  Args:
+    state_dict: torchvision `ssd300_vgg16` state dict.
+
+  Returns:
+    Output channels of the first classification head / 4 boxes.
+
+  Raises:
+    KeyError: if the first classification head is missing.
+    ValueError: if its channels are not a multiple of 4.
+  """
+  key = "head.classification_head.module_list.0.weight"
+  if key not in state_dict:
+    raise KeyError(f"missing key in state dict: {key!r}")
+  channels = np.shape(state_dict[key])[0]
+  if channels % 4 or channels < 8:
+    raise ValueError(
+      f"{key!r} has {channels} output channels; expected 4 * num_classes"
+    )
+  return channels // 4
+
+
+def merge_params(
+  params: Params, loaded: Params, skip_mismatched: bool = False
+) -> Params:
+  """Overwrites leaves of a fresh init with loaded (possibly partial) ones.
+
+  Args:
+    params: the model's full params tree (e.g. from `model.init`).
+    loaded: a tree whose every path exists in `params` (e.g. the output of
+      `from_torchvision_vgg16` or `load_params`).
+    skip_mismatched: keep the fresh value where shapes differ (e.g. class
+      heads of a model with another class count) instead of raising.
+
+  Returns:
+    A tree shaped like `params`: loaded leaves cast to the fresh leaf's
+    dtype, the others unchanged.
+
+  Raises:
+    KeyError: naming a loaded path that the model does not have.
+    ValueError: naming a path whose shapes differ (unless skip_mismatched).
+  """
+  flat = traverse_util.flatten_dict(params, sep="/")
+  for path, value in traverse_util.flatten_dict(loaded, sep="/").items():
+    if path not in flat:
+      raise KeyError(f"loaded parameter {path!r} is not in the model")
+    if np.shape(value) != np.shape(flat[path]):
+      if skip_mismatched:
+        continue
+      raise ValueError(
+        f"shape mismatch for {path!r}: loaded {np.shape(value)}, model "
+        f"{np.shape(flat[path])}"
+      )
+    flat[path] = jnp.asarray(value, dtype=flat[path].dtype)
+  return traverse_util.unflatten_dict(flat, sep="/")
+
+
+def load_state_dict(path: str) -> dict[str, np.ndarray]:
+  """Reads a state dict file as numpy arrays.
+
+  Args:
+    path: `.npz`, `.safetensors` (needs the safetensors package) or
+      `.pth`/`.pt` (needs torch; read with `weights_only=True`).
+
+  Returns:
+    Key -> float32 numpy array.
+
+  Raises:
+    ValueError: on an unknown suffix or a file that is not a flat mapping
+      of arrays.
+    ImportError: when the package the format needs is missing.
+  """
+  suffix = os.path.splitext(path)[1].lower()
+  if suffix == ".npz":
+    with np.load(path, allow_pickle=False) as data:
+      return {k: np.asarray(data[k], np.float32) for k in data.files}
+  if suffix == ".safetensors":
+    if importlib.util.find_spec("safetensors") is None:
+      raise ImportError(f"{path}: reading .safetensors needs `safetensors`")
+    from safetensors.numpy import load_file
+
+    return {k: np.asarray(v, np.float32) for k, v in load_file(path).items()}
+  if suffix in (".pth", ".pt"):
+    if importlib.util.find_spec("torch") is None:
+      raise ImportError(
+        f"{path}: reading .pth needs torch; convert it to .npz or "
+        ".safetensors where torch is installed"
+      )
+    import torch
+
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(data, Mapping):
+      raise ValueError(f"{path}: expected a state dict, got {type(data)}")
+    return {k: v.detach().float().numpy() for k, v in data.items()}
+  raise ValueError(
+    f"{path}: unknown weight file type {suffix!r}; use .npz, .safetensors "
+    "or .pth"
+  )
+
+
+def save_params(path: str, params: Params, source: str = "") -> None:
+  """Writes `{"params": params}` as an orbax checkpoint directory.
+
+  Args:
+    path: new directory (made absolute; must not exist).
+    params: a params tree of arrays.
+    source: recorded in the checkpoint's custom metadata.
+
+  Raises:
+    FileExistsError: if `path` exists.
+  """
+  import orbax.checkpoint as ocp
+
+  path = os.path.abspath(path)
+  if os.path.exists(path):
+    raise FileExistsError(f"{path} exists; choose a new checkpoint path")
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(
+    path, {"params": params}, custom_metadata={"source": source}
+  )
+  checkpointer.wait_until_finished()
+
+
+def load_params(path: str) -> Params:
+  """Reads the params of a checkpoint written by `save_params` / the CLI.
+
+  For `config.init_from`: `merge_params(model.init(...)["params"],
+  load_params(path))`; a torchvision-vgg16 import holds only `vgg` (the
+  trunk), a torchvision-ssd300 import every parameter of its SSD300.
+
+  Args:
+    path: checkpoint directory.
+
+  Returns:
+    The params tree, numpy arrays.
+
+  Raises:
+    FileNotFoundError: if `path` does not exist.
+    ValueError: if the checkpoint has no "params" entry.
+  """
+  import orbax.checkpoint as ocp
+
+  path = os.path.abspath(path)
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"no checkpoint directory at {path}")
+  restored = ocp.StandardCheckpointer().restore(path)
+  if not isinstance(restored, Mapping) or "params" not in restored:
+    raise ValueError(f"{path}: checkpoint has no 'params' entry")
+  return restored["params"]
+
+
+_CONVERTERS = {
+  "torchvision-vgg16": from_torchvision_vgg16,
+  "torchvision-ssd300": from_torchvision_ssd300,
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+  """Command line: convert a torchvision weight file to an orbax checkpoint."""
+  parser = argparse.ArgumentParser(
+    prog="python -m ssd_jax.weights", description=__doc__.split("\n")[0]
+  )
+  parser.add_argument("--from", dest="source", choices=sorted(_CONVERTERS))
+  parser.add_argument("input", help=".pth, .npz or .safetensors state dict")
+  parser.add_argument("output", help="new orbax checkpoint directory")
+  parser.add_argument(
+    "--width",
+    type=float,
+    default=1.0,
+    help="channel multiplier of the weights (1.0 for torchvision's)",
+  )
+  args = parser.parse_args(argv)
+  if args.source is None:
+    parser.error("--from is required")
+  state_dict = load_state_dict(args.input)
+  params = _CONVERTERS[args.source](state_dict, width=args.width)
+  save_params(args.output, params, source=args.source)
+  count = sum(np.size(x) for x in jax.tree.leaves(params))
+  print(f"wrote {count:,} parameters from {args.input} to {args.output}")
+
+
+if __name__ == "__main__":
+  main()

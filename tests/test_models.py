@@ -1,0 +1,390 @@
+"""Tests for ssd_jax.models: shapes, box order, parameter count, precision.
+
+Full-size models are checked with `jax.eval_shape` (no computation); the
+numerical checks use tiny widths and inputs to stay fast on a CPU.
+"""
+
+import importlib.util
+import itertools
+import math
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from ssd_jax import default_boxes as db
+from ssd_jax import models
+from ssd_jax.models import vgg
+
+# Tiny model for numerical checks: 64x64 input, 1/16 of the channels.
+TINY = dict(num_classes=3, image_size=64, width=1 / 16)
+
+
+def _shapes(model, batch=1, dtype=jnp.float32):
+  """(outputs, variables, intermediates) as ShapeDtypeStructs."""
+  x = jnp.zeros((batch, model.image_size, model.image_size, 3), dtype)
+  variables = jax.eval_shape(model.init, jax.random.key(0), x)
+
+  def run(v):
+    return model.apply(v, x, capture_intermediates=True, mutable=True)
+
+  outputs, state = jax.eval_shape(run, variables)
+  return outputs, variables, state["intermediates"]
+
+
+def _source_sides(model, intermediates):
+  """Sides of the real source maps, read from the captured module outputs."""
+  maps = [
+    intermediates["conv4_3_norm"]["__call__"][0],
+    intermediates["vgg"]["__call__"][0][1],
+  ]
+  for i in range(len(models.extra_blocks(model.image_size))):
+    maps.append(intermediates[f"conv{8 + i}_2"]["__call__"][0])
+  for m in maps:
+    assert m.shape[1] == m.shape[2]
+  return tuple(m.shape[1] for m in maps)
+
+
+def _conv_params(k, cin, cout):
+  return k * k * cin * cout + cout
+
+
+def test_ssd300_param_count_from_layer_shapes():
+  # VGG16 conv1_1 .. conv5_3, fc6 (3x3x512x1024), fc7 (1x1x1024x1024).
+  chans = [3, 64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]
+  trunk = sum(_conv_params(3, a, b) for a, b in itertools.pairwise(chans))
+  trunk += _conv_params(3, 512, 1024) + _conv_params(1, 1024, 1024)
+  extras = (
+    _conv_params(1, 1024, 256)
+    + _conv_params(3, 256, 512)  # conv8
+    + _conv_params(1, 512, 128)
+    + _conv_params(3, 128, 256)  # conv9
+    + 2 * (_conv_params(1, 256, 128) + _conv_params(3, 128, 256))  # 10, 11
+  )
+  sources = [512, 1024, 512, 256, 256, 256]
+  boxes = [4, 6, 6, 6, 4, 4]
+  heads = sum(
+    _conv_params(3, c, a * 4) + _conv_params(3, c, a * 21)
+    for c, a in zip(sources, boxes, strict=True)
+  )
+  expected = trunk + extras + heads + 512  # + the L2Norm scales
+  assert expected == 26_285_486  # the original architecture's count
+  # SSD_REFERENCE.md: backbone 22.94M, heads 3.34M.
+  assert round((expected - heads) / 1e6, 2) == 22.94
+  assert round(heads / 1e6, 2) == 3.34
+
+  (loc, logits), variables, _ = _shapes(models.SSD300(num_classes=21))
+  leaves = jax.tree.leaves(variables["params"])
+  assert sum(math.prod(x.shape) for x in leaves) == expected
+  assert loc.shape == (1, 8732, 4)
+  assert logits.shape == (1, 8732, 21)
+
+
+def test_ssd512_shapes_params_and_release_blocks():
+  model = models.SSD512(num_classes=21)
+  (loc, logits), variables, inter = _shapes(model, batch=2)
+  assert loc.shape == (2, 24564, 4)
+  assert logits.shape == (2, 24564, 21)
+  assert _source_sides(model, inter) == (64, 32, 16, 8, 4, 2, 1)
+  params = variables["params"]
+  assert params["conv12_2"]["kernel"].shape == (4, 4, 128, 256)
+  assert model.priors().shape == (24564, 4)
+  np.testing.assert_array_equal(
+    model.priors(), db.default_boxes(*db.SSD512_PRIORS)
+  )
+  # Same trunk as SSD300, one more extra block and a 7th pair of heads.
+  n300 = 26_285_486
+  c = 21
+  delta = (
+    _conv_params(1, 256, 128)  # conv12_1
+    + _conv_params(4, 128, 256)  # conv12_2 (conv10_2, conv11_2 keep shapes)
+    + _conv_params(3, 256, 6 * 4)  # SSD512's 5th map has ratios (2, 3)
+    + _conv_params(3, 256, 6 * c)
+    - _conv_params(3, 256, 4 * 4)
+    - _conv_params(3, 256, 4 * c)
+    + _conv_params(3, 256, 4 * 4)  # 7th map, 4 boxes
+    + _conv_params(3, 256, 4 * c)
+  )
+  leaves = jax.tree.leaves(params)
+  assert sum(math.prod(x.shape) for x in leaves) == n300 + delta
+
+
+@pytest.mark.parametrize("size", [300, 512, 128, 100, 64, 32, 640])
+def test_feature_sizes_equal_real_maps_and_priors_agree(size):
+  model = models.SSD(num_classes=4, image_size=size, width=0.25)
+  (loc, logits), _, inter = _shapes(model)
+  sides = _source_sides(model, inter)
+  assert sides == models.feature_sizes(size)
+  config = model.resolved_prior_config()
+  assert tuple(config.feature_sizes) == sides
+  priors = model.priors()
+  expected_p = sum(
+    f * f * db.boxes_per_location(r)
+    for f, r in zip(sides, config.aspect_ratios, strict=True)
+  )
+  assert priors.shape == (expected_p, 4)
+  assert loc.shape == (1, expected_p, 4)
+  assert logits.shape == (1, expected_p, 4)
+
+
+def test_release_extra_blocks_at_300():
+  blocks = models.extra_blocks(300)
+  assert [tuple(b) for b in blocks] == [
+    (256, 512, 3, 2, 1),
+    (128, 256, 3, 2, 1),
+    (128, 256, 3, 1, 0),
+    (128, 256, 3, 1, 0),
+  ]
+
+
+def test_default_prior_config_other_sizes_follow_paper_rule():
+  assert models.default_prior_config(300) == db.SSD300_PRIORS
+  assert models.default_prior_config(512) == db.SSD512_PRIORS
+  cfg = models.default_prior_config(128)
+  assert cfg.feature_sizes == (16, 8, 4, 2, 1)
+  n = len(cfg.feature_sizes)
+  # Paper: conv4_3 at 0.1, then s_k = 0.2 + 0.7 (k - 1) / (m - 1).
+  scales = [0.1] + [0.2 + 0.7 * k / (n - 2) for k in range(n)]
+  np.testing.assert_allclose(cfg.min_sizes, np.array(scales[:n]) * 128)
+  np.testing.assert_allclose(cfg.max_sizes, np.array(scales[1:]) * 128)
+  np.testing.assert_allclose(cfg.steps, [8, 16, 32, 64, 128])
+  assert cfg.aspect_ratios == ((2,), (2, 3), (2, 3), (2,), (2,))
+  priors = models.SSD(num_classes=4, image_size=128).priors()
+  # First map: 16x16 cells of 4 boxes, centres at (j + 0.5) * 8 / 128.
+  first = priors[: 16 * 16 * 4].reshape(16, 16, 4, 4)
+  centres = (np.arange(16) + 0.5) * 8 / 128
+  np.testing.assert_allclose(first[0, :, 0, 0], centres, atol=1e-6)
+  np.testing.assert_allclose(first[:, 0, 0, 1], centres, atol=1e-6)
+  np.testing.assert_allclose(first[0, 0, :2, 2], [0.1, math.sqrt(0.1 * 0.2)])
+
+
+def test_too_small_image_is_a_clear_error():
+  with pytest.raises(ValueError, match="image_size=16 is too small"):
+    models.SSD(num_classes=3, image_size=16).priors()
+
+
+def test_priors_on_unbound_module_equal_release():
+  for model, cfg in [
+    (models.SSD300(num_classes=21), db.SSD300_PRIORS),
+    (models.SSD300(num_classes=5, width=0.5), db.SSD300_PRIORS),
+  ]:
+    np.testing.assert_array_equal(model.priors(), db.default_boxes(*cfg))
+  tv = models.SSD300(
+    num_classes=91, prior_config=models.TORCHVISION_SSD300_PRIORS
+  )
+  assert tv.priors().shape == (8732, 4)
+
+
+def test_mismatched_prior_config_is_rejected():
+  model = models.SSD(
+    num_classes=3, image_size=128, prior_config=db.SSD300_PRIORS
+  )
+  with pytest.raises(ValueError, match="does not fit SSD"):
+    model.priors()
+
+
+def test_wrong_input_shape_is_a_clear_error():
+  model = models.SSD(**TINY)
+  with pytest.raises(ValueError, match=r"expects images of shape"):
+    jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 60, 64, 3)))
+
+
+def _random_params(model, seed=0):
+  """He-normal kernels, small random biases, from the init's shapes.
+
+  Cheaper than `model.init` (whose RNG kernels take long to compile on a
+  loaded CPU), and non-zero biases make the order checks stricter.
+  """
+  shapes = _shapes(model)[1]["params"]
+  rng = np.random.default_rng(seed)
+
+  def draw(path, s):
+    name = jax.tree_util.keystr(path)
+    if name.endswith("['kernel']"):
+      std = math.sqrt(2 / math.prod(s.shape[:-1]))
+      return rng.normal(0, std, s.shape).astype(np.float32)
+    if name.endswith("['scale']"):
+      return rng.uniform(10, 30, s.shape).astype(np.float32)
+    return rng.normal(0, 0.1, s.shape).astype(np.float32)
+
+  return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  model = models.SSD(**TINY)
+  x = np.random.default_rng(1).normal(0, 50, (2, 64, 64, 3))
+  return model, _random_params(model), jnp.asarray(x, jnp.float32)
+
+
+def test_outputs_follow_prior_order(tiny):
+  """Row p of the outputs is the head output at prior p's cell and kind."""
+  model, params, x = tiny
+  (loc, logits), state = jax.jit(
+    lambda p, x: model.apply(
+      {"params": p}, x, capture_intermediates=True, mutable=True
+    )
+  )(params, x)
+  inter = state["intermediates"]
+  config = model.resolved_prior_config()
+  priors = model.priors()
+  rows_loc, rows_conf, centres = [], [], []
+  c = model.num_classes
+  for k, (f, ratios) in enumerate(
+    zip(config.feature_sizes, config.aspect_ratios, strict=True)
+  ):
+    head_loc = np.asarray(inter[f"loc_{k}"]["__call__"][0])  # [B,f,f,A*4]
+    head_conf = np.asarray(inter[f"conf_{k}"]["__call__"][0])
+    for i in range(f):
+      for j in range(f):
+        for a in range(db.boxes_per_location(ratios)):
+          rows_loc.append(head_loc[:, i, j, a * 4 : (a + 1) * 4])
+          rows_conf.append(head_conf[:, i, j, a * c : (a + 1) * c])
+          step = config.steps[k] / config.image_size
+          centres.append([(j + 0.5) * step, (i + 0.5) * step])
+  np.testing.assert_array_equal(np.stack(rows_loc, 1), loc)
+  np.testing.assert_array_equal(np.stack(rows_conf, 1), logits)
+  np.testing.assert_allclose(priors[:, :2], np.clip(centres, 0, 1), atol=1e-6)
+
+
+def test_init_xavier_uniform_zero_bias_scale_20():
+  model = models.SSD(**TINY)
+  # unsafe_rbg only to compile the init faster here; any key works.
+  key = jax.random.key(0, impl="unsafe_rbg")
+  params = jax.jit(model.init)(key, jnp.zeros((1, 64, 64, 3)))["params"]
+  assert np.all(params["conv4_3_norm"]["scale"] == 20.0)
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  kernels = 0
+  for path, value in flat:
+    name = jax.tree_util.keystr(path)
+    if name.endswith("['bias']"):
+      assert np.all(value == 0), name
+    if name.endswith("['kernel']"):
+      kernels += 1
+      kh, kw, cin, cout = value.shape
+      bound = math.sqrt(6 / (kh * kw * (cin + cout)))
+      assert np.abs(value).max() <= bound, name
+      if value.size >= 1000:  # uniform on [-b, b] has std b / sqrt(3)
+        np.testing.assert_allclose(value.std(), bound / math.sqrt(3), rtol=0.1)
+  assert kernels == 15 + 2 * 2 + 2 * 4  # trunk, extras (4 -> 2 -> 1), heads
+
+
+def test_l2norm_matches_numpy_and_is_finite_at_zero():
+  x = np.random.default_rng(0).normal(size=(2, 3, 3, 5)).astype(np.float32)
+  x[0, 0, 0] = 0.0
+  layer = models.L2Norm()
+  variables = layer.init(jax.random.key(0), x)
+  y = np.asarray(layer.apply(variables, x))
+  norm = np.sqrt((x.astype(np.float64) ** 2).sum(-1, keepdims=True))
+  ref = 20.0 * x / np.maximum(norm, 1e-5)
+  np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-6)
+  assert np.all(y[0, 0, 0] == 0)
+  grads = jax.grad(lambda v, x: layer.apply(v, x).sum(), argnums=(0, 1))(
+    variables, x
+  )
+  assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+
+
+def test_ceil_mode_pool_matches_loop():
+  x = np.random.default_rng(1).normal(size=(1, 5, 7, 2)).astype(np.float32)
+  y = np.asarray(vgg.max_pool_2x2(jnp.asarray(x), ceil_mode=True))
+  assert y.shape == (1, 3, 4, 2)
+  for i in range(3):
+    for j in range(4):
+      window = x[0, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2]
+      np.testing.assert_array_equal(y[0, i, j], window.max((0, 1)))
+  assert vgg.max_pool_2x2(jnp.asarray(x)).shape == (1, 2, 3, 2)
+  assert vgg.vgg16_feature_sizes(300) == (38, 19)
+
+
+def test_bfloat16_compute_with_float32_params(tiny):
+  model, params, x = tiny
+  model16 = models.SSD(**TINY, dtype=jnp.bfloat16)
+  (loc16, logits16), variables = jax.eval_shape(
+    model16.init_with_output, jax.random.key(0), x
+  )
+  assert loc16.dtype == jnp.bfloat16 and logits16.dtype == jnp.bfloat16
+  assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(variables))
+  loc32, logits32 = jax.jit(model.apply)({"params": params}, x)
+  loc16, logits16 = jax.jit(model16.apply)({"params": params}, x)
+  assert loc32.dtype == jnp.float32
+  for a, b in [(loc32, loc16), (logits32, logits16)]:
+    b = np.asarray(b, np.float32)
+    assert np.all(np.isfinite(b))
+    # bfloat16 has 8 mantissa bits: agree to a few percent of the range.
+    scale = np.abs(np.asarray(a)).max()
+    assert np.abs(np.asarray(a) - b).max() < 0.05 * scale
+  # Full-size SSD300 in bfloat16: shapes and dtypes only.
+  big = models.SSD300(num_classes=21, dtype=jnp.bfloat16)
+  (loc, logits), _, _ = _shapes(big)
+  assert (loc.shape, loc.dtype) == ((1, 8732, 4), jnp.bfloat16)
+  assert (logits.shape, logits.dtype) == ((1, 8732, 21), jnp.bfloat16)
+
+
+def test_jit_and_pmap_agree_with_apply(tiny):
+  model, params, x = tiny
+  n = jax.local_device_count()
+  xs = jnp.stack([x[:1]] * n)  # [D, 1, 64, 64, 3]
+  reference = model.apply({"params": params}, x[:1])
+  replicated = jax.tree.map(lambda p: jnp.stack([p] * n), params)
+  loc, logits = jax.pmap(lambda p, x: model.apply({"params": p}, x))(
+    replicated, xs
+  )
+  for d in range(n):
+    np.testing.assert_allclose(loc[d], reference[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(logits[d], reference[1], rtol=1e-5, atol=1e-5)
+
+
+def test_from_config_variants_and_errors():
+  cfg = ml_collections.ConfigDict(
+    dict(name="ssd300", image_size=300, width=1.0, dtype="bfloat16")
+  )
+  model = models.from_config(cfg, num_classes=21)
+  assert (model.image_size, model.num_classes) == (300, 21)
+  assert model.dtype == jnp.bfloat16 and model.param_dtype == jnp.float32
+  small = models.from_config(
+    ml_collections.ConfigDict(
+      dict(name="ssd", image_size=128, width=0.25, dtype="float32")
+    ),
+    num_classes=4,
+  )
+  assert (small.image_size, small.width) == (128, 0.25)
+  assert models.from_config({"name": "ssd512"}, 3).image_size == 512
+  tv = models.from_config({"name": "ssd300", "priors": "torchvision"}, 91)
+  assert tv.prior_config == models.TORCHVISION_SSD300_PRIORS
+  bad = [
+    ({"name": "ssd300", "image_size": 512}, "model.image_size"),
+    ({"name": "yolo"}, "model.name"),
+    ({"name": "ssd"}, "model.image_size"),
+    ({"name": "ssd300", "dtype": "float16"}, "model.dtype"),
+    ({"name": "ssd300", "priors": "coco"}, "model.priors"),
+  ]
+  for fields, message in bad:
+    with pytest.raises(ValueError, match=message):
+      models.from_config(fields, 21)
+  with pytest.raises(ValueError, match="num_classes"):
+    models.from_config({"name": "ssd300"}, 1)
+
+
+def test_bench_model_smoke(capsys):
+  """experiments/bench_model.py runs end to end on a tiny model."""
+  path = pathlib.Path(__file__).parents[1] / "experiments" / "bench_model.py"
+  spec = importlib.util.spec_from_file_location("bench_model", path)
+  bench = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(bench)
+  bench.main(
+    [
+      "--image-size=64",
+      "--width=0.0625",
+      "--num-classes=3",
+      "--batch-sizes=1",
+      "--dtypes=float32",
+      "--train-batch=1",
+      "--repeats=1",
+    ]
+  )
+  out = capsys.readouterr().out
+  assert "forward float32" in out and "train step float32" in out
