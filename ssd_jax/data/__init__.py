@@ -1,0 +1,88 @@
+"""Input data for SSD: sources, the paper's augmentation, tf.data pipelines.
+
+Every source yields the same example dict:
+`{"image": uint8 [H, W, 3], "boxes": float32 [G, 4] corners (x_min, y_min,
+x_max, y_max) normalised to [0, 1], "labels": int32 [G] in 1..C-1,
+"difficult": bool [G], "is_crowd": bool [G], "image_id": str,
+"original_size": (h, w)}`.
+
+Sources (`data_cfg.source`):
+- "synthetic": seeded shapes (`synthetic.py`), the offline demo set.
+- "tfds_voc": tfds `voc/2007` + `voc/2012` (`sources.py`).
+- "tfds_coco": tfds `coco/2017` (`sources.py`).
+- "voc_folder": a VOCdevkit-style folder on disk (`voc_folder.py`).
+
+`data_cfg` fields (ml_collections ConfigDict or dict; all but `source` are
+optional):
+- source: one of the above.
+- root: the folder, for voc_folder.
+- class_names: list or comma-separated string (overrides the source's).
+- train_split / eval_split: voc_folder split-file names (default
+  "trainval" / "test"); tfds split specs "cfg:split,cfg:split" or an alias:
+  tfds_voc defaults "07+12" (2007 + 2012 trainval) / "test07" (2007 test);
+  tfds_coco "train" / "validation". Unused for synthetic.
+- max_boxes: padded ground-truth boxes per image (default 100).
+- eval_max_boxes: padding for evaluation (default max_boxes).
+- train_difficult: train on VOC "difficult" boxes (default True, as the
+  Caffe release's `use_difficult_gt`).
+- augment: the paper's augmentation for training (default True; False =
+  resize + normalise only).
+- augment_config: overrides of `augment.AugmentConfig` fields, e.g.
+  {"max_expand_ratio": 2.0}.
+- data_dir, shuffle_buffer (2048 encoded records), tfds_skip_decoding
+  (True): tfds.
+- synthetic: num_train (2000), num_eval (200), synthetic_image_size (128),
+  max_objects (5), min_object_size (0.1), max_object_size (0.5),
+  synthetic_seed (0).
+- num_parallel_calls (AUTOTUNE), num_threads (CPU count), prefetch (2).
+
+Normalisation lives here only: `MEAN_RGB` and `normalize`.
+"""
+
+from ssd_jax.data.augment import (
+  MEAN_RGB,
+  AugmentConfig,
+  denormalize,
+  eval_preprocess,
+  normalize,
+  train_augment,
+)
+from ssd_jax.data.pipeline import (
+  check_batch_split,
+  class_names,
+  configure_tensorflow,
+  create_eval_iterator,
+  create_train_iterator,
+)
+from ssd_jax.data.sources import COCO_CLASSES
+from ssd_jax.data.synthetic import SHAPE_NAMES, generate_example, read_synthetic
+from ssd_jax.data.voc_folder import (
+  VOC_CLASSES,
+  index_voc_folder,
+  normalized_to_voc_pixels,
+  read_voc_folder,
+  voc_pixels_to_normalized,
+)
+
+__all__ = [
+  "COCO_CLASSES",
+  "MEAN_RGB",
+  "SHAPE_NAMES",
+  "VOC_CLASSES",
+  "AugmentConfig",
+  "check_batch_split",
+  "class_names",
+  "configure_tensorflow",
+  "create_eval_iterator",
+  "create_train_iterator",
+  "denormalize",
+  "eval_preprocess",
+  "generate_example",
+  "index_voc_folder",
+  "normalize",
+  "normalized_to_voc_pixels",
+  "read_synthetic",
+  "read_voc_folder",
+  "train_augment",
+  "voc_pixels_to_normalized",
+]

@@ -1,0 +1,242 @@
+"""Tests for ssd_jax/data/voc_folder.py on small folders written here."""
+
+import logging
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ssd_jax.data import voc_folder
+
+
+def _xml(filename, size, objects) -> str:
+  h, w = size
+  parts = [
+    f"<annotation><filename>{filename}</filename>",
+    f"<size><width>{w}</width><height>{h}</height><depth>3</depth></size>",
+  ]
+  for name, (x0, y0, x1, y1), difficult in objects:
+    parts.append(
+      f"<object><name>{name}</name><difficult>{int(difficult)}</difficult>"
+      f"<bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1}</xmax>"
+      f"<ymax>{y1}</ymax></bndbox></object>"
+    )
+  return "".join(parts) + "</annotation>"
+
+
+def write_voc_folder(root, images, split="trainval", classes=None):
+  """Writes a VOC folder.
+
+  Args:
+    root: folder to create.
+    images: list of (image_id, uint8 [H, W, 3] image, [(name, (xmin, ymin,
+      xmax, ymax) 1-based inclusive, difficult)]).
+    split: split file name.
+    classes: if given, written to classes.txt.
+  """
+  for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
+    os.makedirs(os.path.join(root, sub), exist_ok=True)
+  for image_id, image, objects in images:
+    Image.fromarray(image).save(
+      os.path.join(root, "JPEGImages", image_id + ".jpg"), quality=95
+    )
+    with open(os.path.join(root, "Annotations", image_id + ".xml"), "w") as f:
+      f.write(_xml(image_id + ".jpg", image.shape[:2], objects))
+  with open(os.path.join(root, "ImageSets", "Main", split + ".txt"), "w") as f:
+    f.write("".join(i + "\n" for i, _, _ in images))
+  if classes is not None:
+    with open(os.path.join(root, "classes.txt"), "w") as f:
+      f.write("\n".join(classes) + "\n")
+
+
+def _image(h, w, value=90):
+  return np.full((h, w, 3), value, np.uint8)
+
+
+@pytest.fixture
+def folder(tmp_path):
+  root = str(tmp_path / "VOC")
+  write_voc_folder(
+    root,
+    [
+      ("b", _image(40, 60), [("dog", (1, 1, 60, 40), False)]),
+      (
+        "a",
+        _image(30, 20),
+        [("person", (5, 3, 14, 22), True), ("cat", (7, 7, 7, 7), False)],
+      ),
+      ("c", _image(16, 16), []),
+    ],
+  )
+  return root
+
+
+def test_reads_in_split_order_with_exact_conversion(folder):
+  examples = list(voc_folder.read_voc_folder(folder, "trainval"))
+  assert [e["image_id"] for e in examples] == ["b", "a", "c"]
+  b, a, c = examples
+  # Whole image in 1-based inclusive pixels is exactly [0, 1].
+  np.testing.assert_allclose(b["boxes"], [[0, 0, 1, 1]], atol=1e-7)
+  assert b["labels"].tolist() == [voc_folder.VOC_CLASSES.index("dog") + 1]
+  assert b["original_size"] == (40, 60) and b["image"].shape == (40, 60, 3)
+  assert b["image"].dtype == np.uint8
+  # Hand-worked: W=20, H=30; (5,3,14,22) -> (4/20, 2/30, 14/20, 22/30).
+  np.testing.assert_allclose(
+    a["boxes"],
+    [[4 / 20, 2 / 30, 14 / 20, 22 / 30], [6 / 20, 6 / 30, 7 / 20, 7 / 30]],
+    rtol=1e-6,
+  )
+  assert a["difficult"].tolist() == [True, False]
+  assert a["labels"].dtype == np.int32 and a["boxes"].dtype == np.float32
+  # The devkit's width (xmax - xmin + 1) survives: a one-pixel box.
+  w = (a["boxes"][1, 2] - a["boxes"][1, 0]) * 20
+  assert w == pytest.approx(1.0)
+  # An empty annotation is still an example, with no boxes.
+  assert c["boxes"].shape == (0, 4) and c["labels"].shape == (0,)
+
+
+def test_pixel_conversion_round_trip_and_devkit_width():
+  rng = np.random.default_rng(0)
+  size = (37, 53)
+  x0 = rng.integers(1, 53, 20)
+  y0 = rng.integers(1, 37, 20)
+  px = np.stack(
+    [x0, y0, rng.integers(x0, 54), rng.integers(y0, 38)], -1
+  ).astype(np.float32)
+  norm = voc_folder.voc_pixels_to_normalized(px, size)
+  back = voc_folder.normalized_to_voc_pixels(norm, size)
+  np.testing.assert_allclose(back, px, atol=1e-4)
+  for p, n in zip(px, norm, strict=True):  # Slow reference per box.
+    assert (n[2] - n[0]) * 53 == pytest.approx(p[2] - p[0] + 1, abs=1e-4)
+    assert (n[3] - n[1]) * 37 == pytest.approx(p[3] - p[1] + 1, abs=1e-4)
+  # Per-image sizes broadcast over a batch [N, K, 4] with sizes [N, 2].
+  batch = voc_folder.normalized_to_voc_pixels(
+    np.stack([norm, norm]), np.array([size, (10, 10)])
+  )
+  np.testing.assert_allclose(batch[0], px, atol=1e-4)
+  np.testing.assert_allclose(batch[1, :, 2], norm[:, 2] * 10, atol=1e-5)
+  assert voc_folder.normalized_to_voc_pixels(np.zeros((0, 4)), size).shape == (
+    0,
+    4,
+  )
+
+
+def test_class_names_sources(tmp_path):
+  root = str(tmp_path / "custom")
+  write_voc_folder(
+    root,
+    [("x", _image(20, 20), [("widget", (2, 2, 10, 10), False)])],
+    classes=["gadget", "widget"],
+  )
+  (ex,) = voc_folder.read_voc_folder(root, "trainval")
+  assert ex["labels"].tolist() == [2]
+  (ex,) = voc_folder.read_voc_folder(root, "trainval", "widget,gadget")
+  assert ex["labels"].tolist() == [1]
+  assert voc_folder.folder_class_names(str(tmp_path)) == list(
+    voc_folder.VOC_CLASSES
+  )
+  with open(os.path.join(root, "classes.txt"), "w") as f:
+    f.write("a\nb\na\n")
+  with pytest.raises(ValueError, match=r"classes.txt: repeated class names"):
+    voc_folder.folder_class_names(root)
+
+
+def test_bad_boxes_clipped_or_dropped_with_log(tmp_path, caplog):
+  root = str(tmp_path / "v")
+  objects = [
+    ("dog", (-5, 3, 10, 50), False),  # Partly outside: clipped.
+    ("dog", (10, 5, 4, 9), False),  # Negative width: dropped.
+    ("dog", (10, 5, 9, 9), False),  # Zero width (xmax = xmin - 1): dropped.
+    ("cat", (30, 30, 40, 40), False),  # Wholly outside 20x20: dropped.
+  ]
+  write_voc_folder(root, [("img", _image(20, 20), objects)])
+  with caplog.at_level(logging.INFO, logger=voc_folder.__name__):
+    (ex,) = voc_folder.read_voc_folder(root, "trainval")
+  np.testing.assert_allclose(ex["boxes"], [[0, 0.1, 0.5, 1.0]], atol=1e-6)
+  assert ex["labels"].tolist() == [voc_folder.VOC_CLASSES.index("dog") + 1]
+  text = caplog.text
+  assert "img.xml: dropped 3 box(es)" in text
+  assert "1 clipped, 3 dropped" in text
+
+
+def test_image_with_all_boxes_dropped_is_background(tmp_path):
+  root = str(tmp_path / "v")
+  write_voc_folder(root, [("i", _image(8, 8), [("cat", (5, 5, 2, 2), 0)])])
+  (ex,) = voc_folder.read_voc_folder(root, "trainval")
+  assert ex["boxes"].shape == (0, 4) and ex["difficult"].shape == (0,)
+
+
+def _one(tmp_path, objects=(("dog", (1, 1, 4, 4), False),)):
+  root = str(tmp_path / "v")
+  write_voc_folder(root, [("img", _image(10, 10), list(objects))])
+  return root
+
+
+def test_missing_image_names_the_file(tmp_path):
+  root = _one(tmp_path)
+  os.remove(os.path.join(root, "JPEGImages", "img.jpg"))
+  with pytest.raises(FileNotFoundError, match=r"JPEGImages/img\.jpg"):
+    list(voc_folder.read_voc_folder(root, "trainval"))
+
+
+def test_truncated_jpeg_names_the_file(tmp_path):
+  root = _one(tmp_path)
+  path = os.path.join(root, "JPEGImages", "img.jpg")
+  noise = np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)
+  Image.fromarray(noise).save(path)
+  data = open(path, "rb").read()
+  with open(path, "wb") as f:
+    f.write(data[: len(data) - 200])  # Header intact, data cut.
+  with pytest.raises(ValueError, match=r"img\.jpg: truncated JPEG"):
+    voc_folder.index_voc_folder(root, "trainval")
+
+
+def test_unreadable_image_names_the_file(tmp_path):
+  root = _one(tmp_path)
+  with open(os.path.join(root, "JPEGImages", "img.jpg"), "wb") as f:
+    f.write(b"this is not an image")
+  with pytest.raises(ValueError, match=r"img\.jpg: not a readable image"):
+    list(voc_folder.read_voc_folder(root, "trainval"))
+
+
+def test_malformed_xml_names_the_file(tmp_path):
+  root = _one(tmp_path)
+  with open(os.path.join(root, "Annotations", "img.xml"), "w") as f:
+    f.write("<annotation><object>")
+  with pytest.raises(ValueError, match=r"img\.xml: malformed XML"):
+    list(voc_folder.read_voc_folder(root, "trainval"))
+
+
+def test_bad_bndbox_names_the_file(tmp_path):
+  root = _one(tmp_path)
+  with open(os.path.join(root, "Annotations", "img.xml"), "w") as f:
+    f.write("<annotation><object><name>dog</name><bndbox><xmin>a</xmin>"
+            "</bndbox></object></annotation>")  # fmt: skip
+  with pytest.raises(ValueError, match=r"img\.xml: object 0 \(dog\)"):
+    list(voc_folder.read_voc_folder(root, "trainval"))
+
+
+def test_unknown_class_names_file_and_class(tmp_path):
+  root = _one(tmp_path, [("unicorn", (1, 1, 4, 4), False)])
+  with pytest.raises(ValueError, match=r"img\.xml: .*unknown class 'unicorn'"):
+    list(voc_folder.read_voc_folder(root, "trainval"))
+
+
+def test_missing_split_and_annotation(tmp_path):
+  root = _one(tmp_path)
+  with pytest.raises(FileNotFoundError, match=r"ImageSets/Main/test\.txt"):
+    list(voc_folder.read_voc_folder(root, "test"))
+  os.remove(os.path.join(root, "Annotations", "img.xml"))
+  with pytest.raises(FileNotFoundError, match=r"Annotations/img\.xml"):
+    list(voc_folder.read_voc_folder(root, "trainval"))
+
+
+def test_records_to_arrays_pads(folder):
+  records = voc_folder.index_voc_folder(folder, "trainval")
+  arrays = voc_folder.records_to_arrays(records)
+  assert arrays["boxes"].shape == (3, 2, 4)
+  assert arrays["num_boxes"].tolist() == [1, 2, 0]
+  assert arrays["labels"][0].tolist()[1] == 0
+  np.testing.assert_array_equal(arrays["original_size"][1], [30, 20])
+  np.testing.assert_allclose(arrays["boxes"][1], records[1].boxes)
