@@ -1,0 +1,31 @@
+r"""SSD300 on PASCAL VOC 07+12, the paper's recipe (Caffe release schedule).
+
+SGD momentum 0.9, weight decay 5e-4, lr 1e-3 with a 1k-step warm-up, batch
+32, 120k iterations with x0.1 decays at 80k and 100k; evaluated with VOC07
+11-point mAP on VOC2007 test (paper: 74.3 for SSD300 trained on 07+12).
+
+  python -m ssd_jax.main --config=configs/voc.py --workdir=/tmp/ssd_voc
+  python -m ssd_jax.main --config=configs/voc.py:small --workdir=/tmp/voc_small
+
+`:small` keeps the data and swaps in the small CPU model and schedule of
+configs/shapes.py (a local smoke run, not a result).
+"""
+
+from ssd_jax import train
+
+
+def get_config(arg: str | None = None):
+  """Returns the config; arg "small" shrinks it for a CPU run."""
+  config = train.base_config()
+  config.data.source = "tfds_voc"
+  config.data.train_split = "07+12"  # VOC2007 + VOC2012 trainval.
+  config.data.eval_split = "test07"  # VOC2007 test.
+  config.data.max_boxes = 64
+  config.data.data_dir = ""  # tfds data_dir ("" = tfds default).
+  if arg == "small":
+    train.apply_small(config)
+  elif arg:
+    raise ValueError(
+      f"configs/voc.py takes no argument or 'small', got {arg!r}"
+    )
+  return config
