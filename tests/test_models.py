@@ -388,3 +388,45 @@ def test_bench_model_smoke(capsys):
   )
   out = capsys.readouterr().out
   assert "forward float32" in out and "train step float32" in out
+
+
+def test_cpu_fast_ops_same_outputs_and_gradients(monkeypatch):
+  """The CPU-friendly gradients change speed, not results."""
+  from ssd_jax.models import cpu_ops
+
+  # Lower the size thresholds so a tiny model takes the custom paths.
+  monkeypatch.setattr(cpu_ops, "MIN_FAST_PIXELS", 1)
+  monkeypatch.setattr(cpu_ops, "MIN_FAST_CHANNEL_PRODUCT", 1)
+  monkeypatch.setattr(cpu_ops, "MIN_FAST_CHANNELS", 1)
+  plain = models.SSD(num_classes=3, image_size=64, width=0.125)
+  fast = plain.clone(cpu_fast_ops=True)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 64, 64, 3)) * 50)
+  params = _random_params(plain)
+
+  def loss(model, p):
+    loc, logits = model.apply({"params": p}, x)
+    return jnp.sum(loc**2) + jnp.sum(jax.nn.log_softmax(logits)[..., 0])
+
+  jaxpr = str(jax.make_jaxpr(lambda p: loss(fast, p))(params))
+  assert "custom_vjp_call" in jaxpr
+  for a, b in zip(
+    jax.tree.leaves(fast.apply({"params": params}, x)),
+    jax.tree.leaves(plain.apply({"params": params}, x)),
+    strict=True,
+  ):
+    np.testing.assert_array_equal(a, b)
+  g_fast = jax.grad(lambda p: loss(fast, p))(params)
+  g_plain = jax.grad(lambda p: loss(plain, p))(params)
+  for a, b in zip(
+    jax.tree.leaves(g_fast), jax.tree.leaves(g_plain), strict=True
+  ):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max())
+
+
+def test_from_config_cpu_fast_ops():
+  cfg = {"name": "ssd", "image_size": 64, "width": 0.125}
+  auto = models.from_config(cfg, 3)
+  assert auto.cpu_fast_ops == (jax.default_backend() == "cpu")
+  assert not models.from_config(cfg | {"cpu_fast_ops": False}, 3).cpu_fast_ops
+  with pytest.raises(ValueError, match="model.cpu_fast_ops"):
+    models.from_config(cfg | {"cpu_fast_ops": "yes"}, 3)

@@ -257,6 +257,7 @@ class SSD(nn.Module):
     prior_config: the default boxes; None takes `default_prior_config`.
       Its feature sizes must match the network's maps and its ratios set
       the number of boxes per location of each head.
+    cpu_fast_ops: the backbone's CPU-friendly gradients (`VGG16`).
   """
 
   num_classes: int
@@ -265,6 +266,7 @@ class SSD(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   prior_config: PriorConfig | None = None
+  cpu_fast_ops: bool = False
 
   @nn.nowrap
   def resolved_prior_config(self) -> PriorConfig:
@@ -342,6 +344,7 @@ class SSD(nn.Module):
       width=self.width,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
+      cpu_fast_ops=self.cpu_fast_ops,
       name="vgg",
     )(images)
     sources = [
@@ -396,7 +399,9 @@ def from_config(model_cfg: Any, num_classes: int) -> SSD:
       be omitted for them), `width` (default 1.0), `dtype` ("float32" |
       "bfloat16", default "float32"), and optionally `param_dtype` (default
       "float32") and `priors` ("default" | "torchvision": the default boxes
-      of torchvision's COCO SSD300, for imported torchvision weights).
+      of torchvision's COCO SSD300, for imported torchvision weights), and
+      `cpu_fast_ops` ("auto" | "true" | "false" or a bool, default "auto":
+      on when JAX's default backend is the CPU).
     num_classes: classes including background.
 
   Returns:
@@ -430,8 +435,16 @@ def from_config(model_cfg: Any, num_classes: int) -> SSD:
     raise ValueError(
       f"num_classes must be >= 2 (background + 1); got {num_classes}"
     )
+  fast = str(cfg.get("cpu_fast_ops", "auto")).lower()
+  if fast not in ("true", "false", "auto"):
+    raise ValueError(
+      "model.cpu_fast_ops must be 'auto', 'true' or 'false'; got "
+      f"{cfg['cpu_fast_ops']!r}"
+    )
+  fast = jax.default_backend() == "cpu" if fast == "auto" else fast == "true"
   return SSD(
     num_classes=num_classes,
+    cpu_fast_ops=fast,
     image_size=int(image_size),
     width=float(cfg.get("width", 1.0)),
     dtype=_DTYPES[cfg.get("dtype", "float32")],

@@ -13,6 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ssd_jax.models import cpu_ops
+
 # (name, output channels) of the 13 VGG16 convolutions, grouped by stage.
 VGG16_STAGES = (
   (("conv1_1", 64), ("conv1_2", 64)),
@@ -51,13 +53,18 @@ def vgg16_feature_sizes(image_size: int) -> tuple[int, int]:
   return conv4_3, pool_size(conv4_3)  # pool4
 
 
-def max_pool_2x2(x: jax.Array, ceil_mode: bool = False) -> jax.Array:
-  """2x2 stride-2 max pool on NHWC; `ceil_mode` pads odd sides with -inf."""
+def max_pool_2x2(
+  x: jax.Array, ceil_mode: bool = False, cpu_fast_ops: bool = False
+) -> jax.Array:
+  """2x2 stride-2 max pool on NHWC; `ceil_mode` pads odd sides with -inf.
+
+  `cpu_fast_ops` takes `cpu_ops.max_pool`: same values and gradients, a
+  cheaper gradient on XLA CPU.
+  """
   pad_h = x.shape[1] % 2 if ceil_mode else 0
   pad_w = x.shape[2] % 2 if ceil_mode else 0
-  return nn.max_pool(
-    x, (2, 2), strides=(2, 2), padding=((0, pad_h), (0, pad_w))
-  )
+  pool = cpu_ops.max_pool if cpu_fast_ops else nn.max_pool
+  return pool(x, (2, 2), strides=(2, 2), padding=((0, pad_h), (0, pad_w)))
 
 
 class VGG16(nn.Module):
@@ -71,11 +78,15 @@ class VGG16(nn.Module):
     width: channel multiplier (1.0 is VGG16; 0.25 a small CPU variant).
     dtype: computation dtype.
     param_dtype: parameter dtype.
+    cpu_fast_ops: use `cpu_ops`' convolution and pooling gradients (same
+      forward, same gradients up to float32 summation order; ~1.6x faster
+      training steps on XLA CPU, unmeasured elsewhere).
   """
 
   width: float = 1.0
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
+  cpu_fast_ops: bool = False
 
   def _conv(self, channels, kernel, name, **kwargs) -> nn.Conv:
     return nn.Conv(
@@ -87,6 +98,9 @@ class VGG16(nn.Module):
       kernel_init=nn.initializers.xavier_uniform(),
       bias_init=nn.initializers.zeros,
       name=name,
+      conv_general_dilated=(
+        cpu_ops.conv_general_dilated if self.cpu_fast_ops else None
+      ),
       **kwargs,
     )
 
@@ -106,7 +120,8 @@ class VGG16(nn.Module):
     conv4_3 = None
     for stage, layers in enumerate(VGG16_STAGES):
       if stage > 0:
-        x = max_pool_2x2(x, ceil_mode=stage == 3)  # pool3 rounds up
+        # pool3 rounds up.
+        x = max_pool_2x2(x, stage == 3, cpu_fast_ops=self.cpu_fast_ops)
       for name, channels in layers:
         x = nn.relu(self._conv(channels, (3, 3), name)(x))
       if stage == 3:

@@ -1,0 +1,279 @@
+"""Layer-by-layer forward/backward timing: plain XLA ops vs ssd_jax cpu_ops.
+
+Times SSD300's large convolutions and 2x2 max pools (the shapes at batch B)
+with `jax.lax.conv_general_dilated` / `flax.linen.max_pool` and with
+`ssd_jax.models.cpu_ops`. For each layer it times the forward and the full
+vjp (input and kernel gradient), plain and fast interleaved run by run, so
+that load from other processes hits both alike; it prints min and median in
+ms and the fast/plain ratio of the minima, and the load average.
+
+  .venv/bin/python experiments/bench_layers.py --batch 8 --repeats 5
+  .venv/bin/python experiments/bench_layers.py --batch 1 --json out.json
+  .venv/bin/python experiments/bench_layers.py --model --batch 8
+
+`--model` times the whole SSD300 training step (matching, multibox loss,
+gradient, SGD update; jit, one device) and the forward, with the model's
+VGG16 convolutions and pools plain and with cpu_ops (`SSD300(cpu_fast_ops=
+False / True)`); parameters are identical.
+"""
+
+import argparse
+import json
+import os
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+
+from ssd_jax import losses, matching
+from ssd_jax.models import cpu_ops
+from ssd_jax.models.ssd import SSD300
+
+_DN = ("NHWC", "HWIO", "NHWC")
+
+# (name, side, Cin, Cout) of SSD300's 3x3 stride-1 convolutions, padding 1.
+CONV_LAYERS = (
+  ("conv1_1", 300, 3, 64),
+  ("conv1_2", 300, 64, 64),
+  ("conv2_1", 150, 64, 128),
+  ("conv2_2", 150, 128, 128),
+  ("conv3_1", 75, 128, 256),
+  ("conv3_2", 75, 256, 256),
+  ("conv4_1", 38, 256, 512),
+  ("conv4_2", 38, 512, 512),
+  ("conv5_1", 19, 512, 512),
+)
+# (name, side, C, ceil padding) of the 2x2 stride-2 pools.
+POOL_LAYERS = (
+  ("pool1", 300, 64, 0),
+  ("pool2", 150, 128, 0),
+  ("pool3", 75, 256, 1),
+  ("pool4", 38, 512, 0),
+)
+
+
+def _conv_fns(conv):
+  def fwd(x, w):
+    return conv(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=_DN)
+
+  def grad(x, w, g):
+    return jax.vjp(fwd, x, w)[1](g)
+
+  return jax.jit(fwd), jax.jit(grad)
+
+
+def _pool_fns(pool, pad):
+  def fwd(x):
+    return pool(x, (2, 2), strides=(2, 2), padding=((0, pad), (0, pad)))
+
+  def grad(x, g):
+    return jax.vjp(fwd, x)[1](g)
+
+  return jax.jit(fwd), jax.jit(grad)
+
+
+def _time(fn, args) -> tuple[float, float]:
+  """(wall seconds, process CPU seconds) of one call."""
+  start, cpu = time.perf_counter(), time.process_time()
+  jax.block_until_ready(fn(*args))
+  return time.perf_counter() - start, time.process_time() - cpu
+
+
+def interleaved(fns: dict, args_by_name: dict, repeats: int) -> dict:
+  """Times each function `repeats` times, alternating between them.
+
+  Args:
+    fns: name -> jitted function.
+    args_by_name: name -> argument tuple.
+    repeats: timed runs per function (after one warm-up run each).
+
+  Returns:
+    name -> list of wall seconds; name + "_cpu" -> list of process CPU
+    seconds (all threads; less sensitive to other processes' load).
+  """
+  for name, fn in fns.items():
+    jax.block_until_ready(fn(*args_by_name[name]))  # compile + warm up
+  times = {name: [] for name in fns} | {name + "_cpu": [] for name in fns}
+  for _ in range(repeats):
+    for name, fn in fns.items():
+      wall, cpu = _time(fn, args_by_name[name])
+      times[name].append(wall)
+      times[name + "_cpu"].append(cpu)
+  return times
+
+
+def bench(batch: int, repeats: int, dtype, layers: set | None) -> list:
+  """Runs the table; returns rows of dicts."""
+  rows = []
+  key = jax.random.key(0)
+  for name, side, cin, cout in CONV_LAYERS:
+    if layers and name not in layers:
+      continue
+    x = jax.random.normal(key, (batch, side, side, cin), dtype)
+    w = (jax.random.normal(key, (3, 3, cin, cout)) * 0.05).astype(dtype)
+    g = jax.random.normal(key, (batch, side, side, cout), dtype)
+    pf, pg = _conv_fns(lax.conv_general_dilated)
+    ff, fg = _conv_fns(cpu_ops.conv_general_dilated)
+    fns = {"plain_fwd": pf, "fast_fwd": ff, "plain_grad": pg, "fast_grad": fg}
+    args = {k: (x, w) if k.endswith("fwd") else (x, w, g) for k in fns}
+    rows.append(_row(name, (batch, side, side, cin, cout), fns, args, repeats))
+  for name, side, c, pad in POOL_LAYERS:
+    if layers and name not in layers:
+      continue
+    x = jax.random.normal(key, (batch, side, side, c), dtype)
+    pf, pg = _pool_fns(nn.max_pool, pad)
+    ff, fg = _pool_fns(cpu_ops.max_pool, pad)
+    g = jnp.ones(jax.eval_shape(pf, x).shape, dtype)
+    fns = {"plain_fwd": pf, "fast_fwd": ff, "plain_grad": pg, "fast_grad": fg}
+    args = {k: (x,) if k.endswith("fwd") else (x, g) for k in fns}
+    rows.append(_row(name, (batch, side, side, c), fns, args, repeats))
+  return rows
+
+
+def _row(name, shape, fns, args, repeats) -> dict:
+  times = interleaved(fns, args, repeats)
+  row = {"layer": name, "shape": list(shape)}
+  for k, v in times.items():
+    row[k + "_min_ms"] = 1e3 * min(v)
+    row[k + "_median_ms"] = 1e3 * float(np.median(v))
+  for part in ("fwd", "grad"):
+    row[part + "_ratio"] = (
+      row[f"fast_{part}_min_ms"] / row[f"plain_{part}_min_ms"]
+    )
+    row[part + "_cpu_ratio"] = (
+      row[f"fast_{part}_cpu_min_ms"] / row[f"plain_{part}_cpu_min_ms"]
+    )
+  print(
+    f"{name:8s} {str(shape):28s} "
+    f"fwd {row['plain_fwd_min_ms']:8.1f} / {row['fast_fwd_min_ms']:8.1f} "
+    f"(x{row['fwd_ratio']:.2f})  grad {row['plain_grad_min_ms']:8.1f}"
+    f" [{row['plain_grad_median_ms']:8.1f}] / {row['fast_grad_min_ms']:8.1f}"
+    f" [{row['fast_grad_median_ms']:8.1f}] (x{row['grad_ratio']:.2f};"
+    f" cpu {row['plain_grad_cpu_min_ms']:.0f}/{row['fast_grad_cpu_min_ms']:.0f}"
+    f" x{row['grad_cpu_ratio']:.2f})",
+    flush=True,
+  )
+  return row
+
+
+def bench_model(batch: int, repeats: int, dtype) -> dict:
+  """Whole SSD300 train step and forward, plain vs cpu_ops, interleaved."""
+  models = {
+    variant: SSD300(num_classes=21, dtype=dtype, cpu_fast_ops=fast)
+    for variant, fast in (("plain", False), ("fast", True))
+  }
+  model = models["plain"]
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.normal(size=(batch, 300, 300, 3)), jnp.float32)
+  lo = rng.uniform(0, 0.5, size=(batch, 4, 2))
+  boxes = np.concatenate([lo, lo + rng.uniform(0.1, 0.5, size=lo.shape)], -1)
+  boxes = jnp.asarray(np.clip(boxes, 0, 1), jnp.float32)
+  labels = jnp.asarray(rng.integers(1, 21, size=(batch, 4)), jnp.int32)
+  priors = jnp.asarray(model.priors(), jnp.float32)
+  params = jax.jit(model.init)(jax.random.key(0), images[:1])["params"]
+  tx = optax.sgd(1e-3, momentum=0.9)
+  opt_state = tx.init(params)
+
+  def make_fns(model):
+    def step(params, opt_state, images, boxes, labels):
+      loc_t, cls_t = jax.vmap(lambda b, c: matching.match(b, c, priors))(
+        boxes, labels
+      )
+
+      def loss_fn(p):
+        loc, logits = model.apply({"params": p}, images)
+        return losses.multibox_loss(loc, logits, loc_t, cls_t)[0]
+
+      loss, grads = jax.value_and_grad(loss_fn)(params)
+      updates, opt_state = tx.update(grads, opt_state, params)
+      return optax.apply_updates(params, updates), opt_state, loss, grads
+
+    def forward(params, images):
+      return model.apply({"params": params}, images)
+
+    return step, forward
+
+  fns, results, custom_calls = {}, {}, {}
+  for variant in ("plain", "fast"):
+    step, forward = make_fns(models[variant])
+    jaxpr = str(jax.make_jaxpr(step)(params, opt_state, images, boxes, labels))
+    custom_calls[variant] = jaxpr.count("custom_vjp_call")
+    fns[variant + "_step"] = (
+      jax.jit(step).lower(params, opt_state, images, boxes, labels).compile()
+    )
+    fns[variant + "_fwd"] = jax.jit(forward).lower(params, images).compile()
+    results[variant] = fns[variant + "_step"](
+      params, opt_state, images, boxes, labels
+    )
+  # Same parameters, same data: the two gradients must agree.
+  diffs = jax.tree.map(
+    lambda a, b: float(jnp.abs(a - b).max() / (jnp.abs(b).max() + 1e-30)),
+    results["fast"][3],
+    results["plain"][3],
+  )
+  step_args = (params, opt_state, images, boxes, labels)
+  args = {k: step_args if k.endswith("step") else (params, images) for k in fns}
+  times = interleaved(fns, args, repeats)
+  row = {"batch": batch, "dtype": jnp.dtype(dtype).name}
+  for k, v in times.items():
+    row[k + "_min_s"] = min(v)
+    row[k + "_median_s"] = float(np.median(v))
+    print(f"{k:12s} min {min(v):7.3f} s  median {np.median(v):7.3f} s")
+  for part in ("step", "fwd", "step_cpu", "fwd_cpu"):
+    row[part + "_ratio"] = (
+      row[f"fast_{part}_min_s"] / row[f"plain_{part}_min_s"]
+    )
+  row["loss"] = [float(results[v][2]) for v in ("plain", "fast")]
+  row["max_rel_grad_diff"] = max(jax.tree.leaves(diffs))
+  row["custom_vjp_calls"] = custom_calls
+  print(
+    f"fast/plain minima: step x{row['step_ratio']:.2f} (cpu"
+    f" x{row['step_cpu_ratio']:.2f}), fwd x{row['fwd_ratio']:.2f} (cpu"
+    f" x{row['fwd_cpu_ratio']:.2f});"
+    f" loss {row['loss']}; max over parameters of max|dg| / max|g|:"
+    f" {row['max_rel_grad_diff']:.2e}; custom_vjp calls {custom_calls}"
+  )
+  return row
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__)
+  parser.add_argument("--batch", type=int, default=1)
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--dtype", default="float32")
+  parser.add_argument("--layers", default="", help="comma list, e.g. pool1")
+  parser.add_argument("--json", default="")
+  parser.add_argument(
+    "--model", action="store_true", help="whole SSD300 train step instead"
+  )
+  parser.add_argument(
+    "--force-custom",
+    action="store_true",
+    help="custom conv gradient on every eligible layer, whatever its size"
+    " (to see where it wins; sets cpu_ops' thresholds to 1)",
+  )
+  args = parser.parse_args()
+  layers = set(filter(None, args.layers.split(",")))
+  if args.force_custom:
+    cpu_ops.MIN_FAST_PIXELS = 1
+    cpu_ops.MIN_FAST_CHANNEL_PRODUCT = 1
+  print(f"load average before: {os.getloadavg()}")
+  print("ms: plain / fast (fast/plain of minima); grad = vjp [median]")
+  if args.model:
+    rows = [bench_model(args.batch, args.repeats, jnp.dtype(args.dtype))]
+  else:
+    rows = bench(args.batch, args.repeats, jnp.dtype(args.dtype), layers)
+  print(f"load average after: {os.getloadavg()}")
+  if args.json:
+    with open(args.json, "w") as f:
+      meta = {"batch": args.batch, "dtype": args.dtype}
+      meta |= {"force_custom": args.force_custom, "load": os.getloadavg()}
+      json.dump(meta | {"rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+  main()
