@@ -14,7 +14,9 @@ compare ratios from one run, not figures from different runs.
 Figures (all SSD300, 21 classes, 300x300, random weights):
   forward_bN_DTYPE  backbone + heads, batch N, compute dtype DTYPE
   train_b8_DTYPE    one SGD step at batch 8: forward, vmapped on-device
-                    match, MultiBox loss, backward, update
+                    match, MultiBox loss, backward, update, with the
+                    training default cpu_fast_ops (on for the CPU; the
+                    *_plain_xla_grads row has XLA's own gradients)
                     (torchvision: model(images, targets), backward, step)
   match_b32         targets for 32 images x 10 boxes (torchvision: IoU +
                     SSDMatcher in a Python loop, as its training does)
@@ -99,13 +101,20 @@ def jax_forward(batch, dtype, repeats):
   return timeit(lambda: jax.block_until_ready(fwd(params, images)), repeats)
 
 
-def _jax_train_setup(batch, dtype, max_boxes=10):
-  """(pmapped step, replicated state, sharded batch) on all local devices."""
+def _jax_train_setup(batch, dtype, max_boxes=10, cpu_fast_ops=None):
+  """(pmapped step, replicated state, sharded batch) on all local devices.
+
+  `cpu_fast_ops` None takes the training default (on for the CPU backend).
+  """
   import ml_collections
 
   from ssd_jax import models, train
 
-  model = models.SSD300(num_classes=NUM_CLASSES, dtype=dtype)
+  if cpu_fast_ops is None:
+    cpu_fast_ops = jax.default_backend() == "cpu"
+  model = models.SSD300(
+    num_classes=NUM_CLASSES, dtype=dtype, cpu_fast_ops=cpu_fast_ops
+  )
   config = ml_collections.ConfigDict(train.base_config())
   state = train.create_train_state(model, config, jax.random.key(0))
   d = jax.local_device_count()
@@ -116,8 +125,10 @@ def _jax_train_setup(batch, dtype, max_boxes=10):
   return train.p_train_step, train.replicate(state), sharded
 
 
-def jax_train(batch, dtype, repeats):
-  step, state, sharded = _jax_train_setup(batch, dtype)
+def jax_train(batch, dtype, repeats, cpu_fast_ops=None):
+  step, state, sharded = _jax_train_setup(
+    batch, dtype, cpu_fast_ops=cpu_fast_ops
+  )
   holder = [state]
 
   def run():
@@ -411,6 +422,11 @@ def main(argv=None):
         f"train_b8_{dn}",
         lambda d=dt: jax_train(8, d, r),
         (lambda: tv_train(8, r)) if dn == "float32" else None,
+      )
+    if jax.default_backend() == "cpu":  # what cpu_ops buys
+      add(
+        "train_b8_float32_plain_xla_grads",
+        lambda: jax_train(8, jnp.float32, r, cpu_fast_ops=False),
       )
   if "match" in groups:
     add("match_b32", lambda: jax_match(r * 5), lambda: tv_match(r * 5))

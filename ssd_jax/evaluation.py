@@ -260,7 +260,7 @@ def _voc_class_ap(
     )  # argmax, first on ties
     jmax[has_gt] = starts[det_image[has_gt]] + first_best
 
-  matched = ovmax > iou_threshold  # [D]
+  matched = ovmax >= iou_threshold  # [D], VOCevaldet.m's >=
   ignored = matched & gt_difficult[jmax]
   candidate = np.flatnonzero(matched & ~gt_difficult[jmax])  # rank order
   _, first = np.unique(jmax[candidate], return_index=True)
@@ -286,10 +286,12 @@ def evaluate_voc(
   `VOCevaldet.m`) on the values given: detections of a class are ranked by
   score over all images (equal scores: image order, then order within the
   image, i.e. a stable sort as MATLAB's); a detection matches the ground
-  truth of its image and class with the highest IoU if that IoU is strictly
-  above `iou_threshold` (the MATLAB devkit uses >=, which differs only on
-  exact ties); a match to a difficult object is neither a true nor a false
-  positive; a second match to an object already found is a false positive.
+  truth of its image and class with the highest IoU if that IoU is at least
+  `iou_threshold` (the official MATLAB devkit's `ovmax >= minoverlap`;
+  py-faster-rcnn's `voc_eval.py` uses a strict >, which differs only on
+  IoUs of exactly 0.5); a match to a difficult object is neither a true nor
+  a false positive; a second match to an object already found is a false
+  positive.
   Precision at recall r counts difficult objects nowhere.
 
   Differences from running the devkit on submission files, both negligible:
@@ -302,7 +304,7 @@ def evaluate_voc(
     ground_truths: per image `(boxes [G, 4], labels [G], difficult [G] bool
       or None)`, same box convention.
     num_classes: C, including background; labels are 1..C-1.
-    iou_threshold: the overlap a true positive must exceed (VOC: 0.5).
+    iou_threshold: the overlap a true positive must reach (VOC: 0.5).
     use_07_metric: VOC2007 11-point AP (True) or the VOC2010+ area (False).
 
   Returns:

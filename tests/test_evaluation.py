@@ -77,7 +77,7 @@ def _devkit_voc_eval(detections, ground_truths, classname, ovthresh, use_07):
       overlaps = inters / uni
       ovmax = np.max(overlaps)
       jmax = np.argmax(overlaps)
-    if ovmax > ovthresh:
+    if ovmax >= ovthresh:  # VOCevaldet.m (voc_eval.py has >)
       if not R["difficult"][jmax]:
         if not R["det"][jmax]:
           tp[d] = 1.0
@@ -217,8 +217,11 @@ def test_evaluate_voc_uses_devkit_plus_one():
   # 1/2, not above 0.5.
   dets, gts = _one_image([[1, 1, 3, 2]], [0.9], [[1, 1, 2, 2]], [False])
   assert evaluation.evaluate_voc(dets, gts, 2).mAP == pytest.approx(1.0)
-  # Exactly 0.5 is not enough (strictly above the threshold): 2/4.
+  # Exactly 0.5 (2/4) is a match, as in the MATLAB devkit's >=; a hair
+  # less is not.
   dets, gts = _one_image([[1, 1, 2, 1]], [0.9], [[1, 1, 2, 2]], [False])
+  assert evaluation.evaluate_voc(dets, gts, 2).mAP == pytest.approx(1.0)
+  dets, gts = _one_image([[1, 1, 2, 0.99]], [0.9], [[1, 1, 2, 2]], [False])
   assert evaluation.evaluate_voc(dets, gts, 2).mAP == 0.0
 
 
