@@ -10,7 +10,6 @@ time.
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
@@ -23,13 +22,12 @@ TARGET_MAP = 0.9
 
 def load_shapes_config(arg: str | None = None):
   """configs/shapes.py's `get_config(arg)`."""
+  from ssd_jax import train  # noqa: PLC0415
+
   path = os.path.join(REPO, "configs", "shapes.py")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found; run the demo from a checkout")
-  spec = importlib.util.spec_from_file_location("shapes_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return train.config_from_file(path, arg)
 
 
 def main(argv: list[str] | None = None) -> int:

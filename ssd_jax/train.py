@@ -15,6 +15,7 @@ result does not depend on how the global batch is split over devices.
 """
 
 import functools
+import importlib.util
 import math
 import os
 import signal
@@ -642,6 +643,32 @@ def restore_params(
   finally:
     checkpointer.close()
   return model, state.params, names, step
+
+
+def config_from_file(
+  path: str, arg: str | None = None
+) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of a config file such as `configs/voc.py`.
+
+  What `--config=path:arg` gives on the command line, for code and tests.
+
+  Args:
+    path: a Python file defining `get_config(arg=None)`.
+    arg: the text after ":" (e.g. "small"), or None.
+
+  Returns:
+    The file's ConfigDict.
+
+  Raises:
+    FileNotFoundError: naming the path when it does not exist.
+  """
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"config file {path} not found")
+  name = os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(f"ssd_jax_config_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
 
 
 def base_config() -> ml_collections.ConfigDict:

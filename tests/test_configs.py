@@ -1,7 +1,6 @@
 """Every config in configs/ loads, with and without `:small`, and builds."""
 
 import glob
-import importlib.util
 import os
 
 import ml_collections
@@ -17,11 +16,9 @@ CONFIGS = sorted(
 
 
 def load_config(name, arg=None):
-  path = os.path.join(REPO, "configs", f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"cfg_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return train.config_from_file(
+    os.path.join(REPO, "configs", f"{name}.py"), arg
+  )
 
 
 def test_all_expected_configs_exist():

@@ -18,11 +18,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_config(name, arg=None):
-  path = os.path.join(REPO, "configs", f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"cfg_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return train.config_from_file(
+    os.path.join(REPO, "configs", f"{name}.py"), arg
+  )
 
 
 def load_sweep():

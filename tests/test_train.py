@@ -1,6 +1,5 @@
 """Tests for ssd_jax/train.py: schedule, optimizer, the pmapped step."""
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -18,11 +17,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_config(name, arg=None):
-  path = os.path.join(REPO, "configs", f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"cfg_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return train.config_from_file(
+    os.path.join(REPO, "configs", f"{name}.py"), arg
+  )
 
 
 def tiny_setup(optimizer="sgd", clip=0.0, lr=0.05):
