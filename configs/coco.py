@@ -12,6 +12,7 @@ from ssd_jax import train
 def get_config(arg: str | None = None):
   """Returns the config; arg "small" shrinks it for a CPU run."""
   config = train.base_config()
+  config.model.priors = "coco"  # The release's COCO box sizes (21..315 px).
   config.data.source = "tfds_coco"
   config.data.train_split = "train"
   config.data.eval_split = "validation"
@@ -24,6 +25,7 @@ def get_config(arg: str | None = None):
   config.eval.use_07_metric = False
   if arg == "small":
     train.apply_small(config)
+    config.model.priors = "default"  # The paper's rule at the small size.
   elif arg:
     raise ValueError(
       f"configs/coco.py takes no argument or 'small', got {arg!r}"

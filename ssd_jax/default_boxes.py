@@ -50,6 +50,19 @@ SSD512_PRIORS = PriorConfig(
 )
 
 
+# The release's COCO models (ssd_coco.py, ssd_coco_512.py): smaller scales,
+# s_min 0.15 (SSD512: 0.1) with conv4_3 at 0.07 (0.04), for COCO's small
+# objects; same maps, steps and ratios as the VOC models.
+SSD300_COCO_PRIORS = SSD300_PRIORS._replace(
+  min_sizes=(21, 45, 99, 153, 207, 261),
+  max_sizes=(45, 99, 153, 207, 261, 315),
+)
+SSD512_COCO_PRIORS = SSD512_PRIORS._replace(
+  min_sizes=(20.48, 51.2, 133.12, 215.04, 296.96, 378.88, 460.8),
+  max_sizes=(51.2, 133.12, 215.04, 296.96, 378.88, 460.8, 542.72),
+)
+
+
 def boxes_per_location(aspect_ratios: Sequence[float]) -> int:
   """Number of default boxes at each location of a map with these ratios."""
   return 2 + 2 * len(aspect_ratios)

@@ -97,3 +97,20 @@ def test_bad_arguments():
 
 def test_empty_grid():
   assert db.default_boxes(300, (), (), (), (), ()).shape == (0, 4)
+
+
+@pytest.mark.parametrize(
+  "cfg, size, maps, s_min, first",
+  [
+    (db.SSD300_COCO_PRIORS, 300, 6, 0.15, 0.07),
+    (db.SSD512_COCO_PRIORS, 512, 7, 0.1, 0.04),
+  ],
+)
+def test_coco_priors_follow_the_release_rule(cfg, size, maps, s_min, first):
+  mins, maxs = db.paper_sizes(
+    size, maps, s_min=s_min, first_scale=first, caffe_rounding=True
+  )
+  np.testing.assert_allclose(cfg.min_sizes, mins, rtol=1e-6)
+  np.testing.assert_allclose(cfg.max_sizes, maxs, rtol=1e-6)
+  count = 8732 if size == 300 else 24564
+  assert db.default_boxes(*cfg).shape == (count, 4)

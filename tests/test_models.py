@@ -360,7 +360,7 @@ def test_from_config_variants_and_errors():
     ({"name": "yolo"}, "model.name"),
     ({"name": "ssd"}, "model.image_size"),
     ({"name": "ssd300", "dtype": "float16"}, "model.dtype"),
-    ({"name": "ssd300", "priors": "coco"}, "model.priors"),
+    ({"name": "ssd300", "priors": "caffe"}, "model.priors"),
   ]
   for fields, message in bad:
     with pytest.raises(ValueError, match=message):
@@ -430,3 +430,16 @@ def test_from_config_cpu_fast_ops():
   assert not models.from_config(cfg | {"cpu_fast_ops": False}, 3).cpu_fast_ops
   with pytest.raises(ValueError, match="model.cpu_fast_ops"):
     models.from_config(cfg | {"cpu_fast_ops": "yes"}, 3)
+
+
+def test_from_config_coco_priors():
+  ssd300 = models.from_config({"name": "ssd300", "priors": "coco"}, 81)
+  np.testing.assert_allclose(
+    ssd300.priors(), db.default_boxes(*db.SSD300_COCO_PRIORS)
+  )
+  ssd512 = models.from_config({"name": "ssd512", "priors": "coco"}, 81)
+  assert ssd512.resolved_prior_config() == db.SSD512_COCO_PRIORS
+  with pytest.raises(ValueError, match="model.priors='coco'"):
+    models.from_config({"name": "ssd", "image_size": 96, "priors": "coco"}, 81)
+  with pytest.raises(ValueError, match="model.priors='torchvision'"):
+    models.from_config({"name": "ssd512", "priors": "torchvision"}, 91)

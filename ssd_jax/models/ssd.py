@@ -26,7 +26,9 @@ import numpy as np
 from jax import lax
 
 from ssd_jax.default_boxes import (
+  SSD300_COCO_PRIORS,
   SSD300_PRIORS,
+  SSD512_COCO_PRIORS,
   SSD512_PRIORS,
   PriorConfig,
   boxes_per_location,
@@ -386,7 +388,12 @@ SSD300 = functools.partial(SSD, image_size=300)
 SSD512 = functools.partial(SSD, image_size=512)
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-_PRIORS = {"default": None, "torchvision": TORCHVISION_SSD300_PRIORS}
+# model.priors -> {image_size: PriorConfig}; None = default_prior_config.
+_PRIORS = {
+  "default": None,
+  "coco": {300: SSD300_COCO_PRIORS, 512: SSD512_COCO_PRIORS},
+  "torchvision": {300: TORCHVISION_SSD300_PRIORS},
+}
 _FIXED_SIZES = {"ssd300": 300, "ssd512": 512}
 
 
@@ -398,8 +405,10 @@ def from_config(model_cfg: Any, num_classes: int) -> SSD:
       "ssd"), `image_size` (must be 300 / 512 for the named variants, may
       be omitted for them), `width` (default 1.0), `dtype` ("float32" |
       "bfloat16", default "float32"), and optionally `param_dtype` (default
-      "float32") and `priors` ("default" | "torchvision": the default boxes
-      of torchvision's COCO SSD300, for imported torchvision weights), and
+      "float32") and `priors` ("default": the release's VOC sizes or the
+      paper's rule; "coco": the release's COCO sizes, SSD300/SSD512 only;
+      "torchvision": the default boxes of torchvision's COCO SSD300, for
+      imported torchvision weights), and
       `cpu_fast_ops` ("auto" | "true" | "false" or a bool, default "auto":
       on when JAX's default backend is the CPU).
     num_classes: classes including background.
@@ -431,6 +440,11 @@ def from_config(model_cfg: Any, num_classes: int) -> SSD:
     raise ValueError(
       f"model.priors must be one of {sorted(_PRIORS)}; got {priors!r}"
     )
+  if _PRIORS[priors] is not None and int(image_size) not in _PRIORS[priors]:
+    raise ValueError(
+      f"model.priors={priors!r} exists for image sizes "
+      f"{sorted(_PRIORS[priors])}, not model.image_size={image_size}"
+    )
   if num_classes < 2:
     raise ValueError(
       f"num_classes must be >= 2 (background + 1); got {num_classes}"
@@ -449,5 +463,5 @@ def from_config(model_cfg: Any, num_classes: int) -> SSD:
     width=float(cfg.get("width", 1.0)),
     dtype=_DTYPES[cfg.get("dtype", "float32")],
     param_dtype=_DTYPES[cfg.get("param_dtype", "float32")],
-    prior_config=_PRIORS[priors],
+    prior_config=_PRIORS[priors] and _PRIORS[priors][int(image_size)],
   )
