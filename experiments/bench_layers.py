@@ -1,20 +1,30 @@
-"""Layer-by-layer forward/backward timing: plain XLA ops vs ssd_jax cpu_ops.
+"""Layer-by-layer timing of SSD300 on XLA (CPU): where the time goes.
 
-Times SSD300's large convolutions and 2x2 max pools (the shapes at batch B)
-with `jax.lax.conv_general_dilated` / `flax.linen.max_pool` and with
-`ssd_jax.models.cpu_ops`. For each layer it times the forward and the full
-vjp (input and kernel gradient), plain and fast interleaved run by run, so
-that load from other processes hits both alike; it prints min and median in
-ms and the fast/plain ratio of the minima, and the load average.
+Times, at batch B and with SSD300's shapes:
+
+- each distinct 3x3 convolution of the VGG16 trunk (conv1_1 .. conv5_1 and
+  the dilated fc6; "xN" is how often the shape occurs in the network), with
+  `jax.lax.conv_general_dilated`: the forward and the full vjp (input and
+  kernel gradient), min and median in ms and GFLOP/s. Plain XLA only:
+  `ssd_jax.models.cpu_ops` had a custom convolution gradient, removed since
+  XLA's own is faster with `ssd_jax.xla_cpu`'s flag (see cpu_ops' docstring);
+- the 2x2 stride-2 max pools, `flax.linen.max_pool` (plain) vs
+  `ssd_jax.models.cpu_ops.max_pool` (fast), interleaved run by run so that
+  load from other processes hits both alike, with the fast/plain ratio of
+  the minima (wall and process CPU time);
+- with `--model`, the whole SSD300 training step (matching, multibox loss,
+  gradient, SGD update; jit, one device) and the forward, with
+  `SSD300(cpu_fast_ops=False / True)` (plain / fast: flax's or cpu_ops'
+  max pool); parameters are identical.
+
+`main()` first applies `ssd_jax.xla_cpu` (XLA CPU's YNNPACK fusion off, as
+the training entry points do) and prints whether it took effect. It prints
+the load average before and after.
 
   .venv/bin/python experiments/bench_layers.py --batch 8 --repeats 5
   .venv/bin/python experiments/bench_layers.py --batch 1 --json out.json
+  .venv/bin/python experiments/bench_layers.py --layers conv2_1,pool1
   .venv/bin/python experiments/bench_layers.py --model --batch 8
-
-`--model` times the whole SSD300 training step (matching, multibox loss,
-gradient, SGD update; jit, one device) and the forward, with the model's
-VGG16 convolutions and pools plain and with cpu_ops (`SSD300(cpu_fast_ops=
-False / True)`); parameters are identical.
 """
 
 import argparse
@@ -35,17 +45,20 @@ from ssd_jax.models.ssd import SSD300
 
 _DN = ("NHWC", "HWIO", "NHWC")
 
-# (name, side, Cin, Cout) of SSD300's 3x3 stride-1 convolutions, padding 1.
+# (name, side, Cin, Cout, dilation, occurrences in SSD300) of the VGG16
+# trunk's 3x3 stride-1 convolutions, padding = dilation (same size out);
+# conv3_3, conv4_3 and conv5_2..3 repeat conv3_2, conv4_2 and conv5_1.
 CONV_LAYERS = (
-  ("conv1_1", 300, 3, 64),
-  ("conv1_2", 300, 64, 64),
-  ("conv2_1", 150, 64, 128),
-  ("conv2_2", 150, 128, 128),
-  ("conv3_1", 75, 128, 256),
-  ("conv3_2", 75, 256, 256),
-  ("conv4_1", 38, 256, 512),
-  ("conv4_2", 38, 512, 512),
-  ("conv5_1", 19, 512, 512),
+  ("conv1_1", 300, 3, 64, 1, 1),
+  ("conv1_2", 300, 64, 64, 1, 1),
+  ("conv2_1", 150, 64, 128, 1, 1),
+  ("conv2_2", 150, 128, 128, 1, 1),
+  ("conv3_1", 75, 128, 256, 1, 1),
+  ("conv3_2", 75, 256, 256, 1, 2),
+  ("conv4_1", 38, 256, 512, 1, 1),
+  ("conv4_2", 38, 512, 512, 1, 2),
+  ("conv5_1", 19, 512, 512, 1, 3),
+  ("fc6", 19, 512, 1024, 6, 1),
 )
 # (name, side, C, ceil padding) of the 2x2 stride-2 pools.
 POOL_LAYERS = (
@@ -56,9 +69,17 @@ POOL_LAYERS = (
 )
 
 
-def _conv_fns(conv):
+def _conv_fns(dilation: int):
   def fwd(x, w):
-    return conv(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=_DN)
+    pad = ((dilation, dilation), (dilation, dilation))
+    return lax.conv_general_dilated(
+      x,
+      w,
+      (1, 1),
+      pad,
+      rhs_dilation=(dilation, dilation),
+      dimension_numbers=_DN,
+    )
 
   def grad(x, w, g):
     return jax.vjp(fwd, x, w)[1](g)
@@ -107,20 +128,27 @@ def interleaved(fns: dict, args_by_name: dict, repeats: int) -> dict:
 
 
 def bench(batch: int, repeats: int, dtype, layers: set | None) -> list:
-  """Runs the table; returns rows of dicts."""
+  """Runs the layer table; returns rows of dicts (convolutions, then pools).
+
+  Args:
+    batch: batch size.
+    repeats: timed runs per function.
+    dtype: input and kernel dtype.
+    layers: names to run (e.g. {"conv2_1", "pool1"}); empty or None: all.
+  """
   rows = []
   key = jax.random.key(0)
-  for name, side, cin, cout in CONV_LAYERS:
+  for name, side, cin, cout, dilation, count in CONV_LAYERS:
     if layers and name not in layers:
       continue
     x = jax.random.normal(key, (batch, side, side, cin), dtype)
     w = (jax.random.normal(key, (3, 3, cin, cout)) * 0.05).astype(dtype)
     g = jax.random.normal(key, (batch, side, side, cout), dtype)
-    pf, pg = _conv_fns(lax.conv_general_dilated)
-    ff, fg = _conv_fns(cpu_ops.conv_general_dilated)
-    fns = {"plain_fwd": pf, "fast_fwd": ff, "plain_grad": pg, "fast_grad": fg}
-    args = {k: (x, w) if k.endswith("fwd") else (x, w, g) for k in fns}
-    rows.append(_row(name, (batch, side, side, cin, cout), fns, args, repeats))
+    fwd, grad = _conv_fns(dilation)
+    fns = {"fwd": fwd, "grad": grad}
+    args = {"fwd": (x, w), "grad": (x, w, g)}
+    shape = (batch, side, side, cin, cout)
+    rows.append(_conv_row(name, shape, dilation, count, fns, args, repeats))
   for name, side, c, pad in POOL_LAYERS:
     if layers and name not in layers:
       continue
@@ -132,6 +160,35 @@ def bench(batch: int, repeats: int, dtype, layers: set | None) -> list:
     args = {k: (x,) if k.endswith("fwd") else (x, g) for k in fns}
     rows.append(_row(name, (batch, side, side, c), fns, args, repeats))
   return rows
+
+
+def _conv_row(name, shape, dilation, count, fns, args, repeats) -> dict:
+  """Times one convolution's forward and vjp; prints and returns a row."""
+  times = interleaved(fns, args, repeats)
+  batch, side, _, cin, cout = shape
+  gflop = 2 * batch * side * side * 9 * cin * cout / 1e9  # the forward
+  row = {
+    "layer": name,
+    "shape": list(shape),
+    "dilation": dilation,
+    "count": count,
+    "fwd_gflop": gflop,
+  }
+  for k, v in times.items():
+    row[k + "_min_ms"] = 1e3 * min(v)
+    row[k + "_median_ms"] = 1e3 * float(np.median(v))
+  # The vjp computes the input and the kernel gradient: 2x the forward.
+  row["fwd_gflops"] = gflop / (row["fwd_min_ms"] / 1e3)
+  row["grad_gflops"] = 2 * gflop / (row["grad_min_ms"] / 1e3)
+  print(
+    f"{name:8s} {str(shape):28s} x{count} "
+    f"fwd {row['fwd_min_ms']:8.1f} [{row['fwd_median_ms']:8.1f}]"
+    f" ({row['fwd_gflops']:5.0f} GFLOP/s)  grad {row['grad_min_ms']:8.1f}"
+    f" [{row['grad_median_ms']:8.1f}] ({row['grad_gflops']:5.0f} GFLOP/s;"
+    f" cpu {row['grad_cpu_min_ms']:.0f})",
+    flush=True,
+  )
+  return row
 
 
 def _row(name, shape, fns, args, repeats) -> dict:
@@ -161,7 +218,11 @@ def _row(name, shape, fns, args, repeats) -> dict:
 
 
 def bench_model(batch: int, repeats: int, dtype) -> dict:
-  """Whole SSD300 train step and forward, plain vs cpu_ops, interleaved."""
+  """Whole SSD300 train step and forward, cpu_fast_ops False vs True.
+
+  Interleaved run by run; "plain" is `cpu_fast_ops=False` (flax's max pool),
+  "fast" `cpu_fast_ops=True` (`cpu_ops.max_pool`).
+  """
   models = {
     variant: SSD300(num_classes=21, dtype=dtype, cpu_fast_ops=fast)
     for variant, fast in (("plain", False), ("fast", True))
@@ -241,37 +302,43 @@ def bench_model(batch: int, repeats: int, dtype) -> dict:
 
 
 def main() -> None:
+  from ssd_jax import xla_cpu
+
+  # Before any JAX computation: XLA reads XLA_FLAGS when its backends start.
+  applied = xla_cpu.apply()
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument("--batch", type=int, default=1)
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--dtype", default="float32")
-  parser.add_argument("--layers", default="", help="comma list, e.g. pool1")
+  parser.add_argument(
+    "--layers", default="", help="comma list, e.g. conv2_1,pool1"
+  )
   parser.add_argument("--json", default="")
   parser.add_argument(
     "--model", action="store_true", help="whole SSD300 train step instead"
   )
-  parser.add_argument(
-    "--force-custom",
-    action="store_true",
-    help="custom conv gradient on every eligible layer, whatever its size"
-    " (to see where it wins; sets cpu_ops' thresholds to 1)",
-  )
   args = parser.parse_args()
   layers = set(filter(None, args.layers.split(",")))
-  if args.force_custom:
-    cpu_ops.MIN_FAST_PIXELS = 1
-    cpu_ops.MIN_FAST_CHANNEL_PRODUCT = 1
+  print(
+    f"ssd_jax.xla_cpu.apply(): {'in effect' if applied else 'NOT in effect'}"
+    f" (XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r})"
+  )
   print(f"load average before: {os.getloadavg()}")
-  print("ms: plain / fast (fast/plain of minima); grad = vjp [median]")
   if args.model:
+    print("s: plain = cpu_fast_ops=False, fast = True (cpu_ops.max_pool)")
     rows = [bench_model(args.batch, args.repeats, jnp.dtype(args.dtype))]
   else:
+    print(
+      "convolutions (XLA): ms min [median]; grad = vjp (input + kernel)\n"
+      "pools: ms plain / fast (flax / cpu_ops.max_pool; fast/plain of minima)"
+    )
     rows = bench(args.batch, args.repeats, jnp.dtype(args.dtype), layers)
   print(f"load average after: {os.getloadavg()}")
   if args.json:
     with open(args.json, "w") as f:
       meta = {"batch": args.batch, "dtype": args.dtype}
-      meta |= {"force_custom": args.force_custom, "load": os.getloadavg()}
+      meta |= {"xla_cpu_applied": applied, "load": os.getloadavg()}
+      meta |= {"xla_flags": os.environ.get("XLA_FLAGS", "")}
       json.dump(meta | {"rows": rows}, f, indent=1)
 
 

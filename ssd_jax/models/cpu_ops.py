@@ -1,49 +1,35 @@
-"""Drop-in convolution and max pool whose gradients are faster on XLA CPU.
+"""Drop-in max pool whose gradient is cheap on XLA CPU.
 
-XLA CPU (jax 0.10) computes the forward of a 3x3 convolution well, but its
-kernel (weight) gradient at large spatial sizes is slow: it is lowered as a
-convolution whose "kernel" is the whole H x W output gradient. And the
-gradient of `max_pool` is a `select_and_scatter`, which on CPU costs about
-40x its forward. This module supplies replacements with a `jax.custom_vjp`:
+The gradient of `flax.linen.max_pool` is a `select_and_scatter`, which on
+XLA CPU (jax 0.10) costs about 40x its forward. This module supplies
+`max_pool`, signature-compatible with `flax.linen.max_pool`, with a
+`jax.custom_vjp`: for a non-overlapping window (window == strides) the
+forward is flax's own, and the gradient is an equality mask: the output
+gradient goes to the first element of each window (row-major order) that
+equals the window's maximum. That is exactly the element
+`select_and_scatter` (and so `jax.grad` of `flax.linen.max_pool`) picks, so
+the gradients are the same, ties included; with ties every window still
+passes its gradient to exactly one element, which is a valid subgradient of
+the max. Overlapping windows (SSD's pool5, 3x3 stride 1) fall back to
+`flax.linen.max_pool`.
 
-- `conv_general_dilated`: signature-compatible with
-  `jax.lax.conv_general_dilated` (so it plugs into
-  `flax.linen.Conv(..., conv_general_dilated=conv_general_dilated)`). For a
-  2-D NHWC/HWIO convolution with stride 1, no dilation, one feature group,
-  non-negative padding, an output of at least `MIN_FAST_PIXELS` pixels
-  per image and enough channels (`MIN_FAST_CHANNEL_PRODUCT`,
-  `MIN_FAST_CHANNELS`; measured: SSD300's conv2_1 .. conv4_3, not conv1_x
-  and not the 19x19 conv5_x), the backward pass is
-    - input gradient: a forward convolution of the output gradient with the
-      spatially flipped, in/out-swapped kernel (what XLA does too);
-    - kernel gradient: one matrix product per kernel tap,
-      `[N * Ho * Wo, Cin]^T @ [N * Ho * Wo, Cout]` of the shifted padded
-      input and the output gradient, accumulated in float32.
-  Everything else (strides, dilations such as SSD's fc6, small maps, other
-  layouts) goes to `jax.lax.conv_general_dilated` unchanged.
-- `max_pool`: signature-compatible with `flax.linen.max_pool`. For a
-  non-overlapping window (window == strides) the forward is flax's own, and
-  the gradient is an equality mask: the output gradient goes to the
-  first element of each window (row-major order) that equals the window's
-  maximum. That is exactly the element `select_and_scatter` (and so
-  `jax.grad` of `flax.linen.max_pool`) picks, so the gradients are the same,
-  ties included; with ties every window still passes its gradient to
-  exactly one element, which is a valid subgradient of the max. Overlapping
-  windows (SSD's pool5, 3x3 stride 1) fall back to `flax.linen.max_pool`.
+It works under `jit`, `pmap`, `jax.checkpoint` and in bfloat16. It does not
+support forward-mode differentiation (`jax.jvp`), as any `jax.custom_vjp`
+function. Use in a model (the forward values are flax's own, so parameters
+and checkpoints are unchanged):
 
-Both work under `jit`, `pmap`, `jax.checkpoint` and in bfloat16 (the kernel
-gradient accumulates in float32 and is cast to the kernel's dtype). They do
-not support forward-mode differentiation (`jax.jvp`), as any
-`jax.custom_vjp` function.
-
-Use in a model (the forward values are XLA's own, so parameters and
-checkpoints are unchanged):
-
-  conv = nn.Conv(..., conv_general_dilated=cpu_ops.conv_general_dilated)
   x = cpu_ops.max_pool(x, (2, 2), strides=(2, 2), padding=...)
 
-Measured with experiments/bench_layers.py (SSD300, batch 8, 2 shared cores):
-the whole float32 training step takes about 0.6x the plain one's time.
+A custom convolution gradient (the kernel gradient as one matrix product
+per kernel tap) was tried here too and removed: under the XLA flag that
+`ssd_jax/xla_cpu.py` sets (YNNPACK fusion off), XLA's own convolution
+gradients are 1.2-1.4x faster (SSD300, batch 8, vjp ms XLA vs custom:
+conv2_1 340 vs 459, conv2_2 596 vs 835, conv3_2 536 vs 709, conv4_2 531
+vs 634), while this max pool gradient stays 3-8x faster than XLA's (pool1
+at batch 8: 144 ms vs XLA's 513 ms). Whole float32 training step at
+batch 8: custom convolution and pool gradients 10.6 s, XLA's convolution
+gradients with this pool 8.97 s, all of XLA's 9.51 s
+(`experiments/bench_layers.py`).
 """
 
 import functools
@@ -53,232 +39,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
-
-# When the custom kernel gradient is used, from experiments/bench_layers.py
-# (SSD300 shapes, batch 8, float32; vjp time custom / XLA): 150x150
-# 64->128 0.36, 128->128 0.31; 75x75 128->256 0.33, 256->256 0.38; 38x38
-# 256->512 0.71, 512->512 0.74; but 19x19 512->512 1.07 and 300x300 64->64
-# 1.11 (per-tap dots with 64 x 64 outputs use the CPU poorly).
-# Smallest output Ho * Wo per image.
-MIN_FAST_PIXELS = 32 * 32
-# Smallest Cin * Cout, and smallest of Cin and Cout.
-MIN_FAST_CHANNEL_PRODUCT = 64 * 128
-MIN_FAST_CHANNELS = 64
-
-_NHWC = ("NHWC", "HWIO", "NHWC")
-
-
-def _is_nhwc(dimension_numbers, lhs_shape, rhs_shape) -> bool:
-  """Whether `dimension_numbers` mean NHWC input, HWIO kernel, NHWC output."""
-  if dimension_numbers is None or len(lhs_shape) != 4:
-    return False
-  try:
-    given = lax.conv_dimension_numbers(lhs_shape, rhs_shape, dimension_numbers)
-  except (TypeError, ValueError):
-    return False
-  return given == lax.conv_dimension_numbers(lhs_shape, rhs_shape, _NHWC)
-
-
-def _all_ones(values) -> bool:
-  return values is None or all(v == 1 for v in values)
-
-
-def _kernel_grad(
-  x: jax.Array, g: jax.Array, kernel_shape, padding
-) -> jax.Array:
-  """Kernel gradient of a stride-1 NHWC/HWIO convolution as matmuls.
-
-  One dot per kernel tap (i, j):
-  `dw[i, j] = xpad[:, i:i + Ho, j:j + Wo, :]^T @ g`, both flattened to
-  `[N * Ho * Wo, C]`, accumulated in float32.
-
-  Args:
-    x: [N, H, W, Cin] convolution input.
-    g: [N, Ho, Wo, Cout] gradient of the convolution output.
-    kernel_shape: (kh, kw, Cin, Cout).
-    padding: ((top, bottom), (left, right)), all >= 0.
-
-  Returns:
-    [kh, kw, Cin, Cout] float32 gradient of the kernel.
-  """
-  kh, kw, cin, cout = kernel_shape
-  _, ho, wo, _ = g.shape
-  xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
-  g2 = g.reshape(-1, cout)  # [N * Ho * Wo, Cout]
-  taps = []
-  for i in range(kh):
-    for j in range(kw):
-      xs = xp[:, i : i + ho, j : j + wo, :].reshape(-1, cin)
-      taps.append(
-        lax.dot_general(
-          xs,
-          g2,
-          (((0,), (0,)), ((), ())),
-          preferred_element_type=jnp.float32,
-        )
-      )  # [Cin, Cout]
-  return jnp.stack(taps).reshape(kh, kw, cin, cout)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv_fast(x, w, padding, precision):
-  return lax.conv_general_dilated(
-    x, w, (1, 1), padding, dimension_numbers=_NHWC, precision=precision
-  )
-
-
-def _conv_fast_fwd(x, w, padding, precision):
-  return _conv_fast(x, w, padding, precision), (x, w)
-
-
-def _conv_fast_bwd(padding, precision, residuals, g):
-  x, w = residuals
-  kh, kw = w.shape[:2]
-  # Input gradient: correlate g with the flipped kernel, in/out swapped.
-  w_t = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)  # [kh, kw, Cout, Cin]
-  dx_padding = (
-    (kh - 1 - padding[0][0], kh - 1 - padding[0][1]),
-    (kw - 1 - padding[1][0], kw - 1 - padding[1][1]),
-  )
-  dx = lax.conv_general_dilated(
-    g, w_t, (1, 1), dx_padding, dimension_numbers=_NHWC, precision=precision
-  )
-  dw = _kernel_grad(x, g, w.shape, padding)
-  return dx.astype(x.dtype), dw.astype(w.dtype)
-
-
-_conv_fast.defvjp(_conv_fast_fwd, _conv_fast_bwd)
-
-
-def use_fast_conv(
-  lhs_shape: Sequence[int],
-  rhs_shape: Sequence[int],
-  window_strides: Sequence[int],
-  padding,
-  lhs_dilation=None,
-  rhs_dilation=None,
-  dimension_numbers=None,
-  feature_group_count: int = 1,
-  batch_group_count: int = 1,
-  preferred_element_type=None,
-  min_pixels: int | None = None,
-  min_channel_product: int | None = None,
-) -> bool:
-  """Whether `conv_general_dilated` takes the custom-gradient path.
-
-  Args:
-    lhs_shape: input shape.
-    rhs_shape: kernel shape.
-    window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-      feature_group_count, batch_group_count, preferred_element_type: as
-      `jax.lax.conv_general_dilated`.
-    min_pixels: smallest output Ho * Wo for the custom path; None reads
-      the module's `MIN_FAST_PIXELS` at call time.
-    min_channel_product: smallest Cin * Cout for the custom path; None
-      reads the module's `MIN_FAST_CHANNEL_PRODUCT` at call time.
-
-  Returns:
-    True for a 2-D NHWC/HWIO stride-1 undilated single-group convolution
-    with non-negative padding, at least `min_pixels` output pixels, at
-    least `min_channel_product` Cin * Cout and `MIN_FAST_CHANNELS` in both
-    Cin and Cout.
-  """
-  if not _is_nhwc(dimension_numbers, lhs_shape, rhs_shape):
-    return False
-  if tuple(window_strides) != (1, 1) or not (
-    _all_ones(lhs_dilation) and _all_ones(rhs_dilation)
-  ):
-    return False
-  if feature_group_count != 1 or batch_group_count != 1:
-    return False
-  if preferred_element_type is not None:
-    return False
-  pads = _explicit_padding(lhs_shape, rhs_shape, padding)
-  if any(p < 0 for pair in pads for p in pair):
-    return False
-  ho = lhs_shape[1] + sum(pads[0]) - rhs_shape[0] + 1
-  wo = lhs_shape[2] + sum(pads[1]) - rhs_shape[1] + 1
-  if min_pixels is None:
-    min_pixels = MIN_FAST_PIXELS
-  if min_channel_product is None:
-    min_channel_product = MIN_FAST_CHANNEL_PRODUCT
-  cin, cout = rhs_shape[2], rhs_shape[3]
-  if cin * cout < min_channel_product or min(cin, cout) < MIN_FAST_CHANNELS:
-    return False
-  return ho > 0 and wo > 0 and ho * wo >= min_pixels
-
-
-def _explicit_padding(lhs_shape, rhs_shape, padding):
-  if isinstance(padding, str):
-    pads = lax.padtype_to_pads(lhs_shape[1:3], rhs_shape[:2], (1, 1), padding)
-  else:
-    pads = padding
-  return tuple((int(lo), int(hi)) for lo, hi in pads)
-
-
-def conv_general_dilated(
-  lhs: jax.Array,
-  rhs: jax.Array,
-  window_strides: Sequence[int],
-  padding,
-  lhs_dilation: Sequence[int] | None = None,
-  rhs_dilation: Sequence[int] | None = None,
-  dimension_numbers=None,
-  feature_group_count: int = 1,
-  batch_group_count: int = 1,
-  precision=None,
-  preferred_element_type=None,
-) -> jax.Array:
-  """`jax.lax.conv_general_dilated` with a faster CPU gradient where it helps.
-
-  Same arguments and result as `jax.lax.conv_general_dilated`. The forward
-  is always XLA's convolution; for the cases `use_fast_conv` accepts, the
-  gradient is the custom one described in the module docstring. Use it in
-  flax as `nn.Conv(..., conv_general_dilated=conv_general_dilated)`.
-
-  Args:
-    lhs: input, e.g. [N, H, W, Cin].
-    rhs: kernel, e.g. [kh, kw, Cin, Cout].
-    window_strides: spatial strides.
-    padding: "SAME", "VALID" or ((top, bottom), (left, right)).
-    lhs_dilation: input dilation.
-    rhs_dilation: kernel dilation.
-    dimension_numbers: as in lax (tuple of strings or ConvDimensionNumbers).
-    feature_group_count: feature groups.
-    batch_group_count: batch groups.
-    precision: dot precision.
-    preferred_element_type: accumulation/output dtype.
-
-  Returns:
-    The convolution output, e.g. [N, Ho, Wo, Cout].
-  """
-  if use_fast_conv(
-    lhs.shape,
-    rhs.shape,
-    window_strides,
-    padding,
-    lhs_dilation,
-    rhs_dilation,
-    dimension_numbers,
-    feature_group_count,
-    batch_group_count,
-    preferred_element_type,
-  ):
-    pads = _explicit_padding(lhs.shape, rhs.shape, padding)
-    return _conv_fast(lhs, rhs, pads, precision)
-  return lax.conv_general_dilated(
-    lhs,
-    rhs,
-    window_strides,
-    padding,
-    lhs_dilation=lhs_dilation,
-    rhs_dilation=rhs_dilation,
-    dimension_numbers=dimension_numbers,
-    feature_group_count=feature_group_count,
-    batch_group_count=batch_group_count,
-    precision=precision,
-    preferred_element_type=preferred_element_type,
-  )
 
 
 def _pool_windows(x: jax.Array, window: tuple[int, ...]) -> jax.Array:

@@ -259,7 +259,8 @@ class SSD(nn.Module):
     prior_config: the default boxes; None takes `default_prior_config`.
       Its feature sizes must match the network's maps and its ratios set
       the number of boxes per location of each head.
-    cpu_fast_ops: the backbone's CPU-friendly gradients (`VGG16`).
+    cpu_fast_ops: the backbone's CPU-friendly max-pool gradient
+      (`cpu_ops.max_pool` for VGG16's 2x2 pools; same results).
   """
 
   num_classes: int
@@ -410,7 +411,8 @@ def from_config(model_cfg: Any, num_classes: int) -> SSD:
       "torchvision": the default boxes of torchvision's COCO SSD300, for
       imported torchvision weights), and
       `cpu_fast_ops` ("auto" | "true" | "false" or a bool, default "auto":
-      on when JAX's default backend is the CPU).
+      on when JAX's default backend is the CPU; selects the CPU-friendly
+      max-pool gradient, `cpu_ops.max_pool`).
     num_classes: classes including background.
 
   Returns:
