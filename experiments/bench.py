@@ -15,8 +15,9 @@ Figures (all SSD300, 21 classes, 300x300, random weights):
   forward_bN_DTYPE  backbone + heads, batch N, compute dtype DTYPE
   train_b8_DTYPE    one SGD step at batch 8: forward, vmapped on-device
                     match, MultiBox loss, backward, update, with the
-                    training default cpu_fast_ops (on for the CPU; the
-                    *_plain_xla_grads row has XLA's own gradients)
+                    training default cpu_fast_ops (on for the CPU: the
+                    max-pool gradient of ssd_jax.models.cpu_ops; the
+                    *_xla_pool_grads row has XLA's own)
                     (torchvision: model(images, targets), backward, step)
   match_b32         targets for 32 images x 10 boxes (torchvision: IoU +
                     SSDMatcher in a Python loop, as its training does)
@@ -25,6 +26,10 @@ Figures (all SSD300, 21 classes, 300x300, random weights):
                     model's (every score above 0.01); torchvision:
                     postprocess_detections on the same tensors
   input_synthetic   training input pipeline images/s at 300x300
+
+The run first applies `ssd_jax.xla_cpu` (XLA CPU's YNNPACK fusion off, as
+the training and demo entry points do); `--xla-defaults` leaves XLA's
+defaults, to measure what the setting buys.
 
 On a GPU (`experiments/bench_gpu.sh`) `--gpu` adds training images/s at
 batch 32 and 128, forward images/s and model FLOP utilisation.
@@ -380,7 +385,15 @@ def main(argv=None):
   parser.add_argument("--no-torch", action="store_true")
   parser.add_argument("--gpu", action="store_true", help="GPU figures only")
   parser.add_argument("--gpu-batches", default="32,128")
+  parser.add_argument(
+    "--xla-defaults",
+    action="store_true",
+    help="do not apply ssd_jax.xla_cpu (measure XLA's default CPU fusions)",
+  )
   args = parser.parse_args(argv)
+  from ssd_jax import xla_cpu
+
+  xla_applied = False if args.xla_defaults else xla_cpu.apply()
   groups = (
     set(args.only.split(","))
     if args.only
@@ -423,9 +436,9 @@ def main(argv=None):
         lambda d=dt: jax_train(8, d, r),
         (lambda: tv_train(8, r)) if dn == "float32" else None,
       )
-    if jax.default_backend() == "cpu":  # what cpu_ops buys
+    if jax.default_backend() == "cpu":  # what cpu_ops.max_pool buys
       add(
-        "train_b8_float32_plain_xla_grads",
+        "train_b8_float32_xla_pool_grads",
         lambda: jax_train(8, jnp.float32, r, cpu_fast_ops=False),
       )
   if "match" in groups:
@@ -445,7 +458,9 @@ def main(argv=None):
   header = (
     f"ssd_jax benchmark: jax {jax.__version__} on {device.platform} "
     f"({device.device_kind}), {platform.processor() or platform.machine()},"
-    f" {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}"
+    f" {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}, "
+    f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}"
+    f"{'' if xla_applied else ' (ssd_jax.xla_cpu not applied)'}"
   )
   print(header)
   print(

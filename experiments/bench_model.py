@@ -115,7 +115,9 @@ def main(argv=None) -> None:
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--skip-train", action="store_true")
   args = parser.parse_args(argv)
+  from ssd_jax import xla_cpu
 
+  xla_cpu.apply()  # As the training entry points; before JAX's first use.
   device = jax.devices()[0]
   print(
     f"jax {jax.__version__}, device {device.device_kind} "

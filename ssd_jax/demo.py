@@ -43,8 +43,9 @@ def main(argv: list[str] | None = None) -> int:
   t0 = time.perf_counter()
   from absl import logging  # noqa: PLC0415
 
-  from ssd_jax import train  # noqa: PLC0415
+  from ssd_jax import train, xla_cpu  # noqa: PLC0415
 
+  xla_cpu.apply()  # Before JAX starts its backends.
   logging.set_verbosity(logging.WARNING)
   if args.fresh and os.path.isdir(args.workdir):
     shutil.rmtree(args.workdir)

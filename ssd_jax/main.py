@@ -23,7 +23,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from ssd_jax import evaluate as eval_lib
-from ssd_jax import train
+from ssd_jax import train, xla_cpu
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -120,6 +120,7 @@ class _QuietLibraries(logging_std.Filter):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  xla_cpu.apply()  # Before JAX starts its backends.
   logging.get_absl_handler().addFilter(_QuietLibraries())
   if FLAGS.distributed or FLAGS.coordinator_address:
     initialize_distributed(
