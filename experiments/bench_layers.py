@@ -12,6 +12,10 @@ Times, at batch B and with SSD300's shapes:
   `ssd_jax.models.cpu_ops.max_pool` (fast), interleaved run by run so that
   load from other processes hits both alike, with the fast/plain ratio of
   the minima (wall and process CPU time);
+- when torch imports (optional, never needed by the tests), the same
+  convolutions with `torch.nn.functional.conv2d` (NCHW, all cores) and the
+  ssd_jax / torch ratio of the minima, to show which layers carry the gap
+  to torchvision;
 - with `--model`, the whole SSD300 training step (matching, multibox loss,
   gradient, SGD update; jit, one device) and the forward, with
   `SSD300(cpu_fast_ops=False / True)` (plain / fast: flax's or cpu_ops'
@@ -85,6 +89,44 @@ def _conv_fns(dilation: int):
     return jax.vjp(fwd, x, w)[1](g)
 
   return jax.jit(fwd), jax.jit(grad)
+
+
+def _torch_conv(shape, dilation: int, repeats: int) -> dict | None:
+  """Min ms of torch's conv2d forward and input + weight gradient, or None.
+
+  Args:
+    shape: (batch, side, side, Cin, Cout) of a 3x3 convolution.
+    dilation: kernel dilation (padding = dilation).
+    repeats: timed runs after one warm-up run.
+  """
+  try:
+    import torch  # noqa: PLC0415
+  except ImportError:
+    return None
+  torch.set_num_threads(os.cpu_count() or 1)
+  batch, side, _, cin, cout = shape
+  x = torch.randn(batch, cin, side, side, requires_grad=True)
+  w = (torch.randn(cout, cin, 3, 3) * 0.05).requires_grad_()
+  g = torch.randn(batch, cout, side, side)
+
+  def fwd():
+    with torch.no_grad():
+      torch.nn.functional.conv2d(x, w, None, 1, dilation, dilation)
+
+  def grad():
+    y = torch.nn.functional.conv2d(x, w, None, 1, dilation, dilation)
+    torch.autograd.grad(y, (x, w), g)
+
+  out = {}
+  for name, fn in (("fwd", fwd), ("grad", grad)):
+    fn()
+    times = []
+    for _ in range(repeats):
+      start = time.perf_counter()
+      fn()
+      times.append(time.perf_counter() - start)
+    out[name] = 1e3 * min(times)
+  return out
 
 
 def _pool_fns(pool, pad):
@@ -180,12 +222,22 @@ def _conv_row(name, shape, dilation, count, fns, args, repeats) -> dict:
   # The vjp computes the input and the kernel gradient: 2x the forward.
   row["fwd_gflops"] = gflop / (row["fwd_min_ms"] / 1e3)
   row["grad_gflops"] = 2 * gflop / (row["grad_min_ms"] / 1e3)
+  torch_ms = _torch_conv(shape, dilation, repeats)
+  vs_torch = ""
+  if torch_ms is not None:
+    for part in ("fwd", "grad"):
+      row[f"torch_{part}_min_ms"] = torch_ms[part]
+      row[f"{part}_ratio_to_torch"] = row[f"{part}_min_ms"] / torch_ms[part]
+    vs_torch = (
+      f"  torch fwd {torch_ms['fwd']:.1f} (x{row['fwd_ratio_to_torch']:.2f})"
+      f" grad {torch_ms['grad']:.1f} (x{row['grad_ratio_to_torch']:.2f})"
+    )
   print(
     f"{name:8s} {str(shape):28s} x{count} "
     f"fwd {row['fwd_min_ms']:8.1f} [{row['fwd_median_ms']:8.1f}]"
     f" ({row['fwd_gflops']:5.0f} GFLOP/s)  grad {row['grad_min_ms']:8.1f}"
     f" [{row['grad_median_ms']:8.1f}] ({row['grad_gflops']:5.0f} GFLOP/s;"
-    f" cpu {row['grad_cpu_min_ms']:.0f})",
+    f" cpu {row['grad_cpu_min_ms']:.0f}){vs_torch}",
     flush=True,
   )
   return row
