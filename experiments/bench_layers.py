@@ -119,13 +119,8 @@ def _torch_conv(shape, dilation: int, repeats: int) -> dict | None:
 
   out = {}
   for name, fn in (("fwd", fwd), ("grad", grad)):
-    fn()
-    times = []
-    for _ in range(repeats):
-      start = time.perf_counter()
-      fn()
-      times.append(time.perf_counter() - start)
-    out[name] = 1e3 * min(times)
+    fn()  # warm-up
+    out[name] = 1e3 * min(_time(fn, ())[0] for _ in range(repeats))
   return out
 
 

@@ -693,7 +693,7 @@ def base_config() -> ml_collections.ConfigDict:
       # "torchvision" for weights imported with `ssd_jax.weights --from
       # torchvision-ssd300` (trained with torchvision's default boxes).
       "priors": "default",
-      # Cheaper conv/pool gradients on XLA CPU; "auto" = on for the CPU.
+      # Cheaper max-pool gradient on XLA CPU; "auto" = on for the CPU.
       "cpu_fast_ops": "auto",
     }
   )
