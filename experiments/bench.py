@@ -26,6 +26,13 @@ Figures (all SSD300, 21 classes, 300x300, random weights):
                     model's (every score above 0.01); torchvision:
                     postprocess_detections on the same tensors
   input_synthetic   training input pipeline images/s at 300x300
+  sgemm_2048        a 2048^3 float32 matrix product (jnp.dot; torch: the
+                    same with torch.matmul): the machine's practical peak.
+                    A throughput block after the table gives each
+                    library's GFLOP/s for it and for the forward and
+                    training rows (62.75 GFLOP per image forward, 3x that
+                    for a training step), and the forward's share of the
+                    peak
 
 The run first applies `ssd_jax.xla_cpu` (XLA CPU's YNNPACK fusion off, as
 the training and demo entry points do); `--xla-defaults` leaves XLA's
@@ -154,6 +161,19 @@ def jax_match(repeats):
   return timeit(lambda: jax.block_until_ready(fn(boxes, labels)), repeats)
 
 
+SGEMM_N = 2048
+
+
+def jax_sgemm(repeats):
+  rng = np.random.default_rng(3)
+  a, b = (
+    jnp.asarray(rng.normal(size=(SGEMM_N, SGEMM_N)), jnp.float32)
+    for _ in range(2)
+  )
+  fn = jax.jit(jnp.dot)
+  return timeit(lambda: jax.block_until_ready(fn(a, b)), repeats)
+
+
 def _untrained_outputs():
   """loc [P,4] and softmax scores [P,C] of a randomly initialised SSD300."""
   from ssd_jax import models
@@ -257,6 +277,48 @@ def tv_forward(batch, repeats, device="cpu"):
     _tv_sync(device)
 
   return timeit(run, repeats)
+
+
+def torch_sgemm(repeats):
+  import torch
+
+  rng = np.random.default_rng(3)
+  a, b = (
+    torch.from_numpy(rng.normal(size=(SGEMM_N, SGEMM_N)).astype(np.float32))
+    for _ in range(2)
+  )
+  return timeit(lambda: torch.matmul(a, b), repeats)
+
+
+def throughput(rows) -> list[tuple[str, float, float | None]]:
+  """(name, ssd_jax GFLOP/s, torch GFLOP/s | None) from the medians.
+
+  For `sgemm_2048` and the float32 forward and training rows; the
+  forward and training rows also as a share of each library's sgemm.
+  """
+  medians = {name: (j[1], t and t[1]) for name, j, t in rows}
+  out = []
+  peak = medians.get("sgemm_2048")
+  if peak:
+    flop = 2 * SGEMM_N**3 / 1e9
+    out.append(("sgemm_2048", flop / peak[0], peak[1] and flop / peak[1]))
+  for name, (j, t) in medians.items():
+    if not name.endswith("_float32") or not name.startswith(
+      ("forward", "train")
+    ):
+      continue
+    batch = int(name.split("_")[1][1:])
+    flop = batch * (TRAIN_GFLOP if name.startswith("train") else FORWARD_GFLOP)
+    out.append((name, flop / j, t and flop / t))
+    if peak:
+      out.append(
+        (
+          name + "_share_of_sgemm",
+          flop / j / (2 * SGEMM_N**3 / 1e9 / peak[0]),
+          t and peak[1] and flop / t / (2 * SGEMM_N**3 / 1e9 / peak[1]),
+        )
+      )
+  return out
 
 
 def tv_train(batch, repeats, device="cpu"):
@@ -397,7 +459,7 @@ def main(argv=None):
   groups = (
     set(args.only.split(","))
     if args.only
-    else {"forward", "train", "match", "postprocess", "input"}
+    else {"sgemm", "forward", "train", "match", "postprocess", "input"}
   )
   use_tv = torchvision_available() and not args.no_torch
   if use_tv:
@@ -421,6 +483,8 @@ def main(argv=None):
       rows.append((name + "_img_per_s", [batch / med, batch / lo], None))
       rows.append((name + "_TFLOP_per_s", [flop * batch / med / 1e3] * 2, None))
     groups = set()
+  if "sgemm" in groups:
+    add("sgemm_2048", lambda: jax_sgemm(r * 5), lambda: torch_sgemm(r * 5))
   if "forward" in groups:
     for batch in (1, 8):
       for dn, dt in (("float32", jnp.float32), ("bfloat16", jnp.bfloat16)):
@@ -471,6 +535,18 @@ def main(argv=None):
     ratio = f"{j[1] / t[1]:7.2f}" if t else ""
     tv = f"{t[1]:10.4g}" if t else ""
     print(f"{name:40s} {j[0]:10.4g} {j[1]:10.4g} {tv:>10s} {ratio:>7s}")
+  rates = throughput(rows)
+  if rates:
+    print(
+      f"\n{'throughput (medians), GFLOP/s':40s} {'ssd_jax':>10s} {'torch':>10s}"
+    )
+    for name, j, t in rates:
+      if name.endswith("_share_of_sgemm"):
+        tv = f"{t:10.0%}" if t else ""
+        print(f"{name:40s} {j:10.0%} {tv:>10s}")
+      else:
+        tv = f"{t:10.0f}" if t else ""
+        print(f"{name:40s} {j:10.0f} {tv:>10s}")
   if args.json:
     with open(args.json, "w") as f:
       json.dump(
@@ -485,6 +561,9 @@ def main(argv=None):
               "ratio": t and j[1] / t[1],
             }
             for n, j, t in rows
+          ],
+          "throughput_GFLOP_per_s": [
+            {"name": n, "ssd_jax": j, "torch": t} for n, j, t in rates
           ],
         },
         f,
