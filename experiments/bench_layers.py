@@ -5,7 +5,11 @@ Times, at batch B and with SSD300's shapes:
 - each distinct 3x3 convolution of the VGG16 trunk (conv1_1 .. conv5_1 and
   the dilated fc6; "xN" is how often the shape occurs in the network), with
   `jax.lax.conv_general_dilated`: the forward and the full vjp (input and
-  kernel gradient), min and median in ms and GFLOP/s. Plain XLA only:
+  kernel gradient), min and median in ms and GFLOP/s, and on a second line
+  the input gradient alone ("dgrad") and the kernel gradient alone
+  ("wgrad"). FLOPs are nominal (9 taps everywhere; oneDNN skips the taps
+  of fc6's dilation-6 kernel that only meet padding, ~38% of them, which
+  shows as > peak GFLOP/s in its column). Plain XLA only:
   `ssd_jax.models.cpu_ops` had a custom convolution gradient, removed since
   XLA's own is faster with `ssd_jax.xla_cpu`'s flag (see cpu_ops' docstring);
 - the 2x2 stride-2 max pools, `flax.linen.max_pool` (plain) vs
@@ -88,11 +92,18 @@ def _conv_fns(dilation: int):
   def grad(x, w, g):
     return jax.vjp(fwd, x, w)[1](g)
 
-  return jax.jit(fwd), jax.jit(grad)
+  def dgrad(x, w, g):
+    return jax.vjp(lambda x: fwd(x, w), x)[1](g)
+
+  def wgrad(x, w, g):
+    return jax.vjp(lambda w: fwd(x, w), w)[1](g)
+
+  return tuple(jax.jit(f) for f in (fwd, grad, dgrad, wgrad))
 
 
 def _torch_conv(shape, dilation: int, repeats: int) -> dict | None:
-  """Min ms of torch's conv2d forward and input + weight gradient, or None.
+  """Min ms of torch's conv2d forward, input + weight gradient ("grad"),
+  input gradient ("dgrad") and weight gradient ("wgrad"), or None.
 
   Args:
     shape: (batch, side, side, Cin, Cout) of a 3x3 convolution.
@@ -117,8 +128,15 @@ def _torch_conv(shape, dilation: int, repeats: int) -> dict | None:
     y = torch.nn.functional.conv2d(x, w, None, 1, dilation, dilation)
     torch.autograd.grad(y, (x, w), g)
 
+  def dgrad():
+    torch.nn.grad.conv2d_input(x.shape, w, g, 1, dilation, dilation)
+
+  def wgrad():
+    torch.nn.grad.conv2d_weight(x, w.shape, g, 1, dilation, dilation)
+
   out = {}
-  for name, fn in (("fwd", fwd), ("grad", grad)):
+  fns = {"fwd": fwd, "grad": grad, "dgrad": dgrad, "wgrad": wgrad}
+  for name, fn in fns.items():
     fn()  # warm-up
     out[name] = 1e3 * min(_time(fn, ())[0] for _ in range(repeats))
   return out
@@ -181,9 +199,9 @@ def bench(batch: int, repeats: int, dtype, layers: set | None) -> list:
     x = jax.random.normal(key, (batch, side, side, cin), dtype)
     w = (jax.random.normal(key, (3, 3, cin, cout)) * 0.05).astype(dtype)
     g = jax.random.normal(key, (batch, side, side, cout), dtype)
-    fwd, grad = _conv_fns(dilation)
-    fns = {"fwd": fwd, "grad": grad}
-    args = {"fwd": (x, w), "grad": (x, w, g)}
+    fwd, grad, dgrad, wgrad = _conv_fns(dilation)
+    fns = {"fwd": fwd, "grad": grad, "dgrad": dgrad, "wgrad": wgrad}
+    args = {k: (x, w) if k == "fwd" else (x, w, g) for k in fns}
     shape = (batch, side, side, cin, cout)
     rows.append(_conv_row(name, shape, dilation, count, fns, args, repeats))
   for name, side, c, pad in POOL_LAYERS:
@@ -214,25 +232,30 @@ def _conv_row(name, shape, dilation, count, fns, args, repeats) -> dict:
   for k, v in times.items():
     row[k + "_min_ms"] = 1e3 * min(v)
     row[k + "_median_ms"] = 1e3 * float(np.median(v))
-  # The vjp computes the input and the kernel gradient: 2x the forward.
-  row["fwd_gflops"] = gflop / (row["fwd_min_ms"] / 1e3)
-  row["grad_gflops"] = 2 * gflop / (row["grad_min_ms"] / 1e3)
+  # The vjp computes the input and the kernel gradient: 2x the forward;
+  # each of them alone costs what the forward does.
+  for part, flop in (("fwd", 1), ("grad", 2), ("dgrad", 1), ("wgrad", 1)):
+    row[part + "_gflops"] = flop * gflop / (row[part + "_min_ms"] / 1e3)
   torch_ms = _torch_conv(shape, dilation, repeats)
-  vs_torch = ""
+  vs_torch = dict.fromkeys(("fwd", "grad", "dgrad", "wgrad"), "")
   if torch_ms is not None:
-    for part in ("fwd", "grad"):
+    for part in vs_torch:
       row[f"torch_{part}_min_ms"] = torch_ms[part]
       row[f"{part}_ratio_to_torch"] = row[f"{part}_min_ms"] / torch_ms[part]
-    vs_torch = (
-      f"  torch fwd {torch_ms['fwd']:.1f} (x{row['fwd_ratio_to_torch']:.2f})"
-      f" grad {torch_ms['grad']:.1f} (x{row['grad_ratio_to_torch']:.2f})"
+      vs_torch[part] = (
+        f" torch {torch_ms[part]:.1f} (x{row[f'{part}_ratio_to_torch']:.2f})"
+      )
+
+  def part_text(part):
+    return (
+      f"{part} {row[part + '_min_ms']:8.1f} [{row[part + '_median_ms']:8.1f}]"
+      f" ({row[part + '_gflops']:4.0f} GFLOP/s){vs_torch[part]}"
     )
+
   print(
-    f"{name:8s} {str(shape):28s} x{count} "
-    f"fwd {row['fwd_min_ms']:8.1f} [{row['fwd_median_ms']:8.1f}]"
-    f" ({row['fwd_gflops']:5.0f} GFLOP/s)  grad {row['grad_min_ms']:8.1f}"
-    f" [{row['grad_median_ms']:8.1f}] ({row['grad_gflops']:5.0f} GFLOP/s;"
-    f" cpu {row['grad_cpu_min_ms']:.0f}){vs_torch}",
+    f"{name:8s} {str(shape):28s} x{count} {part_text('fwd')}  "
+    f"{part_text('grad')}; cpu {row['grad_cpu_min_ms']:.0f}\n"
+    f"{'':40s} {part_text('dgrad')}  {part_text('wgrad')}",
     flush=True,
   )
   return row
@@ -376,7 +399,8 @@ def main() -> None:
     rows = [bench_model(args.batch, args.repeats, jnp.dtype(args.dtype))]
   else:
     print(
-      "convolutions (XLA): ms min [median]; grad = vjp (input + kernel)\n"
+      "convolutions (XLA): ms min [median]; grad = vjp (input + kernel),\n"
+      "  dgrad = input gradient alone, wgrad = kernel gradient alone\n"
       "pools: ms plain / fast (flax / cpu_ops.max_pool; fast/plain of minima)"
     )
     rows = bench(args.batch, args.repeats, jnp.dtype(args.dtype), layers)

@@ -123,6 +123,11 @@ def test_bench_layers_smoke(capsys):
   assert [r["layer"] for r in rows] == ["conv5_1", "pool4"]
   conv, pool = rows
   assert conv["fwd_min_ms"] > 0 and conv["grad_gflops"] > 0
+  assert conv["dgrad_min_ms"] > 0 and conv["wgrad_min_ms"] > 0
+  # Each gradient alone costs one forward's FLOPs, the full vjp two.
+  assert conv["wgrad_gflops"] == pytest.approx(
+    conv["fwd_gflop"] / (conv["wgrad_min_ms"] / 1e3)
+  )
   assert conv["count"] == 3
   assert pool["plain_grad_min_ms"] > 0 and pool["grad_ratio"] > 0
   out = capsys.readouterr().out
