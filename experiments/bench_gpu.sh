@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The benchmark on one GPU: training images/s at batch 32 and 128, forward
 # images/s and model FLOP utilisation (62.75 GFLOP per SSD300 forward, ~3x
-# for a training step), plus torchvision on the same GPU when importable.
+# for a training step), plus torchvision on the same GPU when importable,
+# then experiments/gpu_forward_probe.py (why the float32 forward is slow:
+# six variants, their optimized HLO and cuDNN math types, in
+# OUT/gpu_forward_probe/; PROBE=0 skips it).
 #
 #   experiments/bench_gpu.sh [OUT_DIR]
 #
@@ -28,3 +31,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 "$PY" -c 'import jax; print("jax", jax.__version__, jax.devices())' | tee -a "$OUT/gpu.txt"
 "$PY" experiments/bench.py --gpu --repeats 5 --json "$OUT/bench_gpu.json" \
   2>&1 | tee "$OUT/bench_gpu.txt"
+if [ "${PROBE:-1}" != 0 ]; then
+  "$PY" experiments/gpu_forward_probe.py --out "$OUT/gpu_forward_probe" \
+    2>&1 | tee "$OUT/gpu_forward_probe.txt"
+fi

@@ -75,3 +75,41 @@ def test_bench_main_small(bench, tmp_path, capsys):
   )
   (rate,) = result["throughput_GFLOP_per_s"]
   assert rate["name"] == "sgemm_2048" and rate["ssd_jax"] > 0
+
+
+@pytest.fixture(scope="module")
+def probe():
+  path = PATH.parent / "gpu_forward_probe.py"
+  spec = importlib.util.spec_from_file_location("gpu_forward_probe", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_probe_library_calls_hand_written(probe):
+  hlo = (
+    "%a = (f32[1]{0}, u8[0]{0}) custom-call(%x), custom_call_target="
+    '"__cudnn$convForward", backend_config={"cudnn_conv_backend_config":'
+    '{"algorithm":{"algo_id":"28","math_type":"TENSOR_OP_MATH"}}}\n'
+    "%b = (f32[1]{0}, u8[0]{0}) custom-call(%y), custom_call_target="
+    '"__cudnn$convForward", backend_config={"cudnn_conv_backend_config":'
+    '{"algorithm":{"algo_id":"1","math_type":"DEFAULT_MATH"}}}\n'
+    '%c = f32[1]{0} custom-call(%z), custom_call_target="__cublas$gemm"\n'
+  )
+  assert probe.library_calls(hlo) == {
+    "custom_calls": {"__cudnn$convForward": 2, "__cublas$gemm": 1},
+    "math_types": {"TENSOR_OP_MATH": 1, "DEFAULT_MATH": 1},
+  }
+  assert probe.library_calls("%x = f32[] add(%a, %b)") == {
+    "custom_calls": {},
+    "math_types": {},
+  }
+
+
+def test_probe_smoke(probe, tmp_path):
+  rows = probe.main(["--smoke", "--repeats", "1", "--out", str(tmp_path)])
+  assert [r["variant"] for r in rows] == list(probe.VARIANTS)
+  assert all(r["img_per_s"] > 0 and r["tflop_per_s"] is None for r in rows)
+  saved = json.loads((tmp_path / "probe.json").read_text())
+  assert [r["variant"] for r in saved["rows"]] == list(probe.VARIANTS)
+  assert (tmp_path / "jit_grad.hlo.txt").read_text().startswith("HloModule")
