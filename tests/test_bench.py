@@ -4,6 +4,8 @@ import importlib.util
 import json
 import pathlib
 
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 PATH = pathlib.Path(__file__).parents[1] / "experiments" / "bench.py"
@@ -113,3 +115,41 @@ def test_probe_smoke(probe, tmp_path):
   saved = json.loads((tmp_path / "probe.json").read_text())
   assert [r["variant"] for r in saved["rows"]] == list(probe.VARIANTS)
   assert (tmp_path / "jit_grad.hlo.txt").read_text().startswith("HloModule")
+
+
+@pytest.fixture(scope="module")
+def alternatives():
+  path = PATH.parent / "bench_alternatives.py"
+  spec = importlib.util.spec_from_file_location("bench_alternatives", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.mark.parametrize("side,dilation", [(19, 6), (7, 1), (5, 6), (1, 2)])
+def test_taps_equal_the_dilated_convolution(alternatives, side, dilation):
+  # side 5 with dilation 6: only the centre tap meets the image.
+  rng = np.random.default_rng(side)
+  x = jnp.asarray(rng.normal(size=(2, side, side, 3)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(3, 3, 3, 4)), jnp.float32)
+  ref = alternatives.conv_dilated(x, w, dilation)
+  np.testing.assert_allclose(
+    alternatives.conv_dilated_taps(x, w, dilation), ref, rtol=1e-5, atol=1e-5
+  )
+  if side == 5:  # Against the centre tap alone, by hand.
+    np.testing.assert_allclose(
+      ref, jnp.einsum("nhwc,co->nhwo", x, w[1, 1]), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_bench_alternatives_small(alternatives, capsys):
+  results = alternatives.main(
+    ["--only", "fc6,match", "--batch", "1", "--repeats", "1"]
+  )
+  assert set(results["fc6"]) == {"xla_fwd", "xla_vjp", "taps_fwd", "taps_vjp"}
+  assert all(lo > 0 and med >= lo for lo, med in results["match"].values())
+  out = capsys.readouterr().out
+  assert "argmaxes_transposed: argmax results identical to ours: True" in out
+  transposes = alternatives.bench_transposes(1, batch=1)
+  # 1.39 GB at batch 8, linear in the batch.
+  assert transposes["GB"] == pytest.approx(1.39 / 8, rel=0.01)
