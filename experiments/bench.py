@@ -297,27 +297,22 @@ def throughput(rows) -> list[tuple[str, float, float | None]]:
   forward and training rows also as a share of each library's sgemm.
   """
   medians = {name: (j[1], t and t[1]) for name, j, t in rows}
+  sgemm_gflop = 2 * SGEMM_N**3 / 1e9
+  peak = medians.get("sgemm_2048")  # (jax s, torch s | None)
   out = []
-  peak = medians.get("sgemm_2048")
   if peak:
-    flop = 2 * SGEMM_N**3 / 1e9
-    out.append(("sgemm_2048", flop / peak[0], peak[1] and flop / peak[1]))
+    rate = (sgemm_gflop / peak[0], peak[1] and sgemm_gflop / peak[1])
+    out.append(("sgemm_2048", *rate))
   for name, (j, t) in medians.items():
-    if not name.endswith("_float32") or not name.startswith(
-      ("forward", "train")
-    ):
+    model_row = name.startswith(("forward", "train"))
+    if not (model_row and name.endswith("_float32")):
       continue
     batch = int(name.split("_")[1][1:])
     flop = batch * (TRAIN_GFLOP if name.startswith("train") else FORWARD_GFLOP)
     out.append((name, flop / j, t and flop / t))
     if peak:
-      out.append(
-        (
-          name + "_share_of_sgemm",
-          flop / j / (2 * SGEMM_N**3 / 1e9 / peak[0]),
-          t and peak[1] and flop / t / (2 * SGEMM_N**3 / 1e9 / peak[1]),
-        )
-      )
+      share_t = t and rate[1] and flop / t / rate[1]
+      out.append((name + "_share_of_sgemm", flop / j / rate[0], share_t))
   return out
 
 

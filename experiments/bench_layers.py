@@ -9,7 +9,7 @@ Times, at batch B and with SSD300's shapes:
   the input gradient alone ("dgrad") and the kernel gradient alone
   ("wgrad"). FLOPs are nominal (9 taps everywhere; oneDNN skips the taps
   of fc6's dilation-6 kernel that only meet padding, ~38% of them, which
-  shows as > peak GFLOP/s in its column). Plain XLA only:
+  is much of torch's lead on fc6). Plain XLA only:
   `ssd_jax.models.cpu_ops` had a custom convolution gradient, removed since
   XLA's own is faster with `ssd_jax.xla_cpu`'s flag (see cpu_ops' docstring);
 - the 2x2 stride-2 max pools, `flax.linen.max_pool` (plain) vs

@@ -63,7 +63,7 @@ def library_calls(hlo_text: str) -> dict:
 
 
 def _variant(name, model, params, images):
-  """(compiled callable of no arguments, FLOP multiplier, context)."""
+  """(compiled callable of no arguments, FLOPs in forwards, HLO text)."""
   precision = {"jit_tf32": "tensorfloat32", "jit_highest": "highest"}
   context = (
     jax.default_matmul_precision(precision[name])
