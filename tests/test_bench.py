@@ -1,22 +1,16 @@
-"""experiments/bench.py: its throughput arithmetic and a tiny end-to-end run."""
+"""experiments/bench.py, gpu_forward_probe.py and bench_alternatives.py:
+their arithmetic by hand and tiny end-to-end runs."""
 
-import importlib.util
 import json
-import pathlib
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-PATH = pathlib.Path(__file__).parents[1] / "experiments" / "bench.py"
-
 
 @pytest.fixture(scope="module")
-def bench():
-  spec = importlib.util.spec_from_file_location("bench", PATH)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+def bench(load_experiment):
+  return load_experiment("bench")
 
 
 def test_throughput_hand_worked(bench):
@@ -80,12 +74,8 @@ def test_bench_main_small(bench, tmp_path, capsys):
 
 
 @pytest.fixture(scope="module")
-def probe():
-  path = PATH.parent / "gpu_forward_probe.py"
-  spec = importlib.util.spec_from_file_location("gpu_forward_probe", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+def probe(load_experiment):
+  return load_experiment("gpu_forward_probe")
 
 
 def test_probe_library_calls_hand_written(probe):
@@ -118,12 +108,8 @@ def test_probe_smoke(probe, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def alternatives():
-  path = PATH.parent / "bench_alternatives.py"
-  spec = importlib.util.spec_from_file_location("bench_alternatives", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+def alternatives(load_experiment):
+  return load_experiment("bench_alternatives")
 
 
 @pytest.mark.parametrize("side,dilation", [(19, 6), (7, 1), (5, 6), (1, 2)])

@@ -1,8 +1,5 @@
 """Tests for ssd_jax/models/cpu_ops.py against flax's max_pool."""
 
-import importlib.util
-import pathlib
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -114,11 +111,8 @@ def test_max_pool_rejects_bad_rank():
     cpu_ops.max_pool(jnp.zeros((4, 4, 3)), (2, 2), strides=(2, 2))
 
 
-def test_bench_layers_smoke(capsys):
-  path = pathlib.Path(__file__).parents[1] / "experiments" / "bench_layers.py"
-  spec = importlib.util.spec_from_file_location("bench_layers", path)
-  bench_layers = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(bench_layers)
+def test_bench_layers_smoke(capsys, load_experiment):
+  bench_layers = load_experiment("bench_layers")
   rows = bench_layers.bench(1, 1, jnp.float32, {"conv5_1", "pool4"})
   assert [r["layer"] for r in rows] == ["conv5_1", "pool4"]
   conv, pool = rows

@@ -1,7 +1,6 @@
 """Tests for ssd_jax/data/pipeline.py (synthetic and VOC-folder sources; the
 tfds sources are covered in test_data_sources.py)."""
 
-import importlib.util
 import itertools
 from pathlib import Path
 
@@ -211,12 +210,9 @@ def test_voc_folder_pipeline_with_an_empty_image(tmp_path):
   assert b["labels"][2].tolist() == [0, 0, 0, 0]
 
 
-def test_bench_input_smoke(tmp_path):
+def test_bench_input_smoke(tmp_path, load_experiment):
   """experiments/bench_input.py runs (tiny settings) and writes its JSON."""
-  path = Path(__file__).parents[1] / "experiments" / "bench_input.py"
-  spec = importlib.util.spec_from_file_location("bench_input", path)
-  bench = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(bench)
+  bench = load_experiment("bench_input")
   out = str(tmp_path / "bench.json")
   results = bench.main(
     ["--steps", "1", "--warmup", "1", "--batch", "2", "--num_images", "3",

@@ -4,10 +4,8 @@ Full-size models are checked with `jax.eval_shape` (no computation); the
 numerical checks use tiny widths and inputs to stay fast on a CPU.
 """
 
-import importlib.util
 import itertools
 import math
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -369,12 +367,9 @@ def test_from_config_variants_and_errors():
     models.from_config({"name": "ssd300"}, 1)
 
 
-def test_bench_model_smoke(capsys):
+def test_bench_model_smoke(capsys, load_experiment):
   """experiments/bench_model.py runs end to end on a tiny model."""
-  path = pathlib.Path(__file__).parents[1] / "experiments" / "bench_model.py"
-  spec = importlib.util.spec_from_file_location("bench_model", path)
-  bench = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(bench)
+  bench = load_experiment("bench_model")
   bench.main(
     [
       "--image-size=64",

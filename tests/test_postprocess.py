@@ -1,8 +1,5 @@
 """Tests for ssd_jax.postprocess against slow pure-Python references."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -368,12 +365,9 @@ def test_decode_detections_bad_input():
     )
 
 
-def test_bench_postprocess_smoke(capsys):
+def test_bench_postprocess_smoke(capsys, load_experiment):
   """experiments/bench_postprocess.py runs (tiny settings)."""
-  path = Path(__file__).parents[1] / "experiments" / "bench_postprocess.py"
-  spec = importlib.util.spec_from_file_location("bench_postprocess", path)
-  bench = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(bench)
+  bench = load_experiment("bench_postprocess")
   bench.main(["--repeats", "1", "--eval-images", "5"])
   out = capsys.readouterr().out
   assert "decode_detections untrained" in out
