@@ -6,12 +6,12 @@ COCO AP through pycocotools on val2017 (paper test-dev: 23.2 AP, 41.2 AP50).
   python -m ssd_jax.main --config=configs/coco.py --workdir=/tmp/ssd_coco
 """
 
-from ssd_jax import train
+from ssd_jax import config as config_lib
 
 
 def get_config(arg: str | None = None):
   """Returns the config; arg "small" shrinks it for a CPU run."""
-  config = train.base_config()
+  config = config_lib.base_config()
   config.model.priors = "coco"  # The release's COCO box sizes (21..315 px).
   config.data.source = "tfds_coco"
   config.data.train_split = "train"
@@ -23,11 +23,7 @@ def get_config(arg: str | None = None):
   config.eval_every = 20_000
   config.eval.metric = "coco"
   config.eval.use_07_metric = False
-  if arg == "small":
-    train.apply_small(config)
+  if config_lib.is_small(arg, __file__):
+    config_lib.apply_small(config)
     config.model.priors = "default"  # The paper's rule at the small size.
-  elif arg:
-    raise ValueError(
-      f"configs/coco.py takes no argument or 'small', got {arg!r}"
-    )
   return config

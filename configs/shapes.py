@@ -1,8 +1,8 @@
 r"""The built-in synthetic shapes set: a small SSD trained in minutes on a CPU.
 
 `make demo` runs this config end to end (train, evaluate, pictures). The
-model and schedule are `train.apply_small` (also the `:small` of the other
-configs).
+model and schedule are `ssd_jax.config.apply_small` (also the `:small` of the
+other configs).
 
   python -m ssd_jax.main --config=configs/shapes.py --workdir=/tmp/shapes
   python -m ssd_jax.main --config=configs/shapes.py:small --workdir=/tmp/s
@@ -10,13 +10,13 @@ configs).
 `:small` is a seconds-long smoke run (tests), not a result.
 """
 
-from ssd_jax import train
+from ssd_jax import config as config_lib
 
 
 def get_config(arg: str | None = None):
   """Returns the config; arg "small" shrinks it to a smoke run."""
-  config = train.base_config()
-  train.apply_small(config)
+  config = config_lib.base_config()
+  config_lib.apply_small(config)
   config.data.source = "synthetic"
   config.data.max_boxes = 8
   config.data.max_objects = 5  # Objects per synthetic image: 1..5.
@@ -36,7 +36,7 @@ def get_config(arg: str | None = None):
     "max_aspect": 1.0,
   }
   config.eval.use_07_metric = True
-  if arg == "small":
+  if config_lib.is_small(arg, __file__):
     config.model.image_size = 64
     config.model.width = 0.125
     config.batch_size = 4
@@ -50,8 +50,4 @@ def get_config(arg: str | None = None):
     config.data.num_eval = 8
     config.eval.batch_size = 8
     config.eval.num_pictures = 4
-  elif arg:
-    raise ValueError(
-      f"configs/shapes.py takes no argument or 'small', got {arg!r}"
-    )
   return config

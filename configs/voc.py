@@ -11,21 +11,17 @@ SGD momentum 0.9, weight decay 5e-4, lr 1e-3 with a 1k-step warm-up, batch
 configs/shapes.py (a local smoke run, not a result).
 """
 
-from ssd_jax import train
+from ssd_jax import config as config_lib
 
 
 def get_config(arg: str | None = None):
   """Returns the config; arg "small" shrinks it for a CPU run."""
-  config = train.base_config()
+  config = config_lib.base_config()
   config.data.source = "tfds_voc"
   config.data.train_split = "07+12"  # VOC2007 + VOC2012 trainval.
   config.data.eval_split = "test07"  # VOC2007 test.
   config.data.max_boxes = 64
   config.data.data_dir = ""  # tfds data_dir ("" = tfds default).
-  if arg == "small":
-    train.apply_small(config)
-  elif arg:
-    raise ValueError(
-      f"configs/voc.py takes no argument or 'small', got {arg!r}"
-    )
+  if config_lib.is_small(arg, __file__):
+    config_lib.apply_small(config)
   return config

@@ -6,12 +6,12 @@ VOC07 mAP trained on 07+12.
   python -m ssd_jax.main --config=configs/voc512.py --workdir=/tmp/ssd512_voc
 """
 
-from ssd_jax import train
+from ssd_jax import config as config_lib
 
 
 def get_config(arg: str | None = None):
   """Returns the config; arg "small" shrinks it for a CPU run."""
-  config = train.base_config()
+  config = config_lib.base_config()
   config.model.name = "ssd512"
   config.model.image_size = 512
   config.data.source = "tfds_voc"
@@ -19,10 +19,6 @@ def get_config(arg: str | None = None):
   config.data.eval_split = "test07"  # VOC2007 test.
   config.data.max_boxes = 64
   config.data.data_dir = ""
-  if arg == "small":
-    train.apply_small(config)
-  elif arg:
-    raise ValueError(
-      f"configs/voc512.py takes no argument or 'small', got {arg!r}"
-    )
+  if config_lib.is_small(arg, __file__):
+    config_lib.apply_small(config)
   return config

@@ -13,22 +13,18 @@ The folder holds `JPEGImages/`, `Annotations/` (VOC XML) and
 `:small` uses the small CPU model and schedule of configs/shapes.py.
 """
 
-from ssd_jax import train
+from ssd_jax import config as config_lib
 
 
 def get_config(arg: str | None = None):
   """Returns the config; arg "small" shrinks it for a CPU run."""
-  config = train.base_config()
+  config = config_lib.base_config()
   config.data.source = "voc_folder"
   config.data.root = ""  # Required: --config.data.root=PATH.
   config.data.class_names = ""  # "a,b,c"; "" reads root/classes.txt.
   config.data.train_split = "trainval"
   config.data.eval_split = "test"
   config.data.max_boxes = 64
-  if arg == "small":
-    train.apply_small(config)
-  elif arg:
-    raise ValueError(
-      f"configs/voc_folder.py takes no argument or 'small', got {arg!r}"
-    )
+  if config_lib.is_small(arg, __file__):
+    config_lib.apply_small(config)
   return config

@@ -13,7 +13,8 @@ compare ratios from one run, not figures from different runs.
 
 Figures (all SSD300, 21 classes, 300x300, random weights):
   forward_bN_DTYPE  backbone + heads, batch N, compute dtype DTYPE
-  train_b8_DTYPE    one SGD step at batch 8: forward, vmapped on-device
+  train_b8_DTYPE    one SGD step at batch 8 (`ssd_jax.step.p_train_step`
+                    with the training defaults): forward, vmapped on-device
                     match, MultiBox loss, backward, update, with the
                     training default cpu_fast_ops (on for the CPU: the
                     max-pool gradient of ssd_jax.models.cpu_ops; the
@@ -34,12 +35,13 @@ Figures (all SSD300, 21 classes, 300x300, random weights):
                     for a training step), and the forward's share of the
                     peak
 
-The run first applies `ssd_jax.xla_cpu` (XLA CPU's YNNPACK fusion off, as
-the training and demo entry points do); `--xla-defaults` leaves XLA's
-defaults, to measure what the setting buys.
+The run first calls `ssd_jax.runtime.apply_xla_cpu_flags()` (XLA CPU's
+YNNPACK fusion off, as the training and demo entry points do);
+`--xla-defaults` leaves XLA's defaults, to measure what the setting buys.
 
 On a GPU (`experiments/bench_gpu.sh`) `--gpu` adds training images/s at
-batch 32 and 128, forward images/s and model FLOP utilisation.
+batch 32 and 128, forward images/s and model FLOP utilisation; with
+`--profile`, the top device ops of each training step.
 """
 
 import argparse
@@ -114,27 +116,38 @@ def jax_forward(batch, dtype, repeats):
 
 
 def _jax_train_setup(batch, dtype, max_boxes=10, cpu_fast_ops=None):
-  """(pmapped step, replicated state, sharded batch) on all local devices.
+  """(step, replicated state, sharded batch) on all local devices.
 
-  `cpu_fast_ops` None takes the training default (on for the CPU backend).
+  `step(state, batch)` is `ssd_jax.step.p_train_step` with the model's
+  default boxes and the training defaults' `StepSettings` bound, as the
+  training loop calls it. `cpu_fast_ops` None takes the training default
+  (on for the CPU backend).
   """
-  import ml_collections
-
-  from ssd_jax import models, train
+  from ssd_jax import config as config_lib
+  from ssd_jax import models
+  from ssd_jax import step as step_lib
 
   if cpu_fast_ops is None:
     cpu_fast_ops = jax.default_backend() == "cpu"
   model = models.SSD300(
     num_classes=NUM_CLASSES, dtype=dtype, cpu_fast_ops=cpu_fast_ops
   )
-  config = ml_collections.ConfigDict(train.base_config())
-  state = train.create_train_state(model, config, jax.random.key(0))
+  settings = step_lib.step_settings(model, config_lib.base_config())
+  size = model.image_size
+  dummy = jnp.zeros([1, size, size, 3], jnp.float32)
+  params = jax.jit(model.init)(jax.random.key(0), dummy)["params"]
+  state = step_lib.create_train_state(params, settings.tx)
+  priors = jnp.asarray(model.priors(), jnp.float32)
   d = jax.local_device_count()
   rng = np.random.default_rng(0)
   boxes, labels = _random_gt(rng, batch, max_boxes=max_boxes)
   host = {"image": _images(rng, batch), "boxes": boxes, "labels": labels}
   sharded = jax.tree.map(lambda x: x.reshape(d, -1, *x.shape[1:]), host)
-  return train.p_train_step, train.replicate(state), sharded
+
+  def step(p_state, p_batch):
+    return step_lib.p_train_step(p_state, p_batch, priors, settings)
+
+  return step, step_lib.replicate(state), sharded
 
 
 def jax_train(batch, dtype, repeats, cpu_fast_ops=None):
@@ -209,7 +222,7 @@ def jax_postprocess(priors, loc, scores, repeats):
 def jax_input(repeats, num_batches=10, batch=32):
   import ml_collections
 
-  from ssd_jax import data
+  from ssd_jax.data import pipeline
 
   cfg = ml_collections.ConfigDict(
     {
@@ -220,7 +233,7 @@ def jax_input(repeats, num_batches=10, batch=32):
       "eval_split": "test",
     }
   )
-  it = data.create_train_iterator(
+  it = pipeline.create_train_iterator(
     cfg, image_size=300, global_batch_size=batch, seed=0, num_devices=1
   )
 
@@ -393,8 +406,12 @@ def tv_postprocess(priors, loc, scores, repeats):
 # --- GPU extras ---------------------------------------------------------------
 
 
-def gpu_figures(repeats, batches=(32, 128)):
-  """Training and forward images/s and model FLOP utilisation on one GPU."""
+def gpu_figures(repeats, batches=(32, 128), profile=False):
+  """Training and forward images/s and model FLOP utilisation on one GPU.
+
+  With `profile`, also prints the top device ops of each training step
+  (`gpu_forward_probe.top_ops`, a jax.profiler trace of two steps).
+  """
   out = {}
   big = max(batches)
   for dtype_name, dtype in (
@@ -417,6 +434,17 @@ def gpu_figures(repeats, batches=(32, 128)):
         file=sys.stderr,
         flush=True,
       )
+      if profile:
+        from gpu_forward_probe import top_ops  # noqa: PLC0415 (sibling)
+
+        for kind, ops in top_ops(lambda run=run: run()).items():
+          print(f"  {kind}:", file=sys.stderr)
+          for op, ms, count in ops:
+            print(
+              f"    {ms / 2:9.3f} ms/step x{count // 2:<4d} {op[:110]}",
+              file=sys.stderr,
+              flush=True,
+            )
     lo, med = jax_forward(big, dtype, repeats)
     out[f"gpu_forward_b{big}_{dtype_name}"] = (lo, med, big)
   if torchvision_available():
@@ -443,14 +471,17 @@ def main(argv=None):
   parser.add_argument("--gpu", action="store_true", help="GPU figures only")
   parser.add_argument("--gpu-batches", default="32,128")
   parser.add_argument(
+    "--profile", action="store_true", help="--gpu: top ops per train step"
+  )
+  parser.add_argument(
     "--xla-defaults",
     action="store_true",
-    help="do not apply ssd_jax.xla_cpu (measure XLA's default CPU fusions)",
+    help="do not apply ssd_jax.runtime's XLA CPU flags (XLA's defaults)",
   )
   args = parser.parse_args(argv)
-  from ssd_jax import xla_cpu
+  from ssd_jax import runtime
 
-  xla_applied = False if args.xla_defaults else xla_cpu.apply()
+  xla_applied = False if args.xla_defaults else runtime.apply_xla_cpu_flags()
   groups = (
     set(args.only.split(","))
     if args.only
@@ -472,7 +503,8 @@ def main(argv=None):
 
   if args.gpu:
     batches = tuple(int(b) for b in args.gpu_batches.split(","))
-    for name, (lo, med, batch) in gpu_figures(r, batches).items():
+    figures = gpu_figures(r, batches, profile=args.profile)
+    for name, (lo, med, batch) in figures.items():
       rows.append((name, [lo, med], None))
       flop = TRAIN_GFLOP if "train" in name else FORWARD_GFLOP
       rows.append((name + "_img_per_s", [batch / med, batch / lo], None))
@@ -519,7 +551,7 @@ def main(argv=None):
     f"({device.device_kind}), {platform.processor() or platform.machine()},"
     f" {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}, "
     f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}"
-    f"{'' if xla_applied else ' (ssd_jax.xla_cpu not applied)'}"
+    f"{'' if xla_applied else ' (ssd_jax.runtime XLA CPU flags not applied)'}"
   )
   print(header)
   print(

@@ -37,7 +37,7 @@ from jax import lax
 _DN = ("NHWC", "HWIO", "NHWC")
 # (side, channels, HWNC copies, CHWN copies) of the activation transposes in
 # the compiled batch-8 SSD300 training step (jax 0.10.2, XLA CPU with
-# ssd_jax.xla_cpu's flag); the kernel transposes (< 0.2 GB) are left out.
+# ssd_jax.runtime.XLA_CPU_FLAGS); the kernel transposes (< 0.2 GB) are left out.
 STEP_TRANSPOSES = (
   (300, 64, 2, 1),
   (300, 3, 0, 1),
@@ -198,9 +198,9 @@ def bench_transposes(repeats: int, batch: int = 8) -> dict:
 
 
 def main(argv=None) -> dict:
-  from ssd_jax import xla_cpu  # noqa: PLC0415
+  from ssd_jax import runtime  # noqa: PLC0415
 
-  applied = xla_cpu.apply()
+  applied = runtime.apply_xla_cpu_flags()
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--only", default="fc6,match,transposes")
   parser.add_argument("--batch", type=int, default=8, help="fc6 batch")
@@ -209,7 +209,7 @@ def main(argv=None) -> dict:
   print(
     f"jax {jax.__version__} on {jax.devices()[0].platform}, "
     f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; "
-    f"ssd_jax.xla_cpu {'applied' if applied else 'NOT applied'}"
+    f"XLA CPU flags {'applied' if applied else 'NOT applied'}"
   )
   groups = {
     "fc6": lambda: bench_fc6(args.batch, args.repeats),

@@ -4,9 +4,9 @@
     .venv/bin/python experiments/bench_input.py --source voc_folder --steps 40
     .venv/bin/python experiments/bench_input.py --json out.json
 
-Measures `ssd_jax.data.create_train_iterator` end to end at 300x300 (decode,
-photometric distortion, expand, min-IoU crop, flip, resize, normalise, box
-padding, batching, device reshape) for:
+Measures `ssd_jax.data.pipeline.create_train_iterator` end to end at
+300x300 (decode, photometric distortion, expand, min-IoU crop, flip, resize,
+normalise, box padding, batching, device reshape) for:
   synthetic    the in-memory shapes set rendered at 300x300;
   voc_folder   a VOC-format folder of JPEGs (VOC-sized, 500x375, with a few
                boxes each) that the benchmark writes to a temporary folder.
@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from ssd_jax import data
-from ssd_jax.data import synthetic
+from ssd_jax.data import pipeline, synthetic
 
 
 def write_voc_folder(root: str, num_images: int, size=(375, 500)) -> None:
@@ -80,7 +80,7 @@ def measure(data_cfg, image_size: int, batch: int, steps: int, warmup: int):
   `cores * 1000 / cpu_ms` bounds what idle cores would deliver.
   """
   start = time.perf_counter()
-  it = data.create_train_iterator(
+  it = pipeline.create_train_iterator(
     data_cfg, image_size=image_size, global_batch_size=batch, seed=0,
     num_devices=1,
   )  # fmt: skip

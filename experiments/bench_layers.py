@@ -11,7 +11,8 @@ Times, at batch B and with SSD300's shapes:
   of fc6's dilation-6 kernel that only meet padding, ~38% of them, which
   is much of torch's lead on fc6). Plain XLA only:
   `ssd_jax.models.cpu_ops` had a custom convolution gradient, removed since
-  XLA's own is faster with `ssd_jax.xla_cpu`'s flag (see cpu_ops' docstring);
+  XLA's own is faster with `ssd_jax.runtime.XLA_CPU_FLAGS` (see cpu_ops'
+  docstring);
 - the 2x2 stride-2 max pools, `flax.linen.max_pool` (plain) vs
   `ssd_jax.models.cpu_ops.max_pool` (fast), interleaved run by run so that
   load from other processes hits both alike, with the fast/plain ratio of
@@ -25,8 +26,9 @@ Times, at batch B and with SSD300's shapes:
   `SSD300(cpu_fast_ops=False / True)` (plain / fast: flax's or cpu_ops'
   max pool); parameters are identical.
 
-`main()` first applies `ssd_jax.xla_cpu` (XLA CPU's YNNPACK fusion off, as
-the training entry points do) and prints whether it took effect. It prints
+`main()` first calls `ssd_jax.runtime.apply_xla_cpu_flags()` (XLA CPU's
+YNNPACK fusion off, as the training entry points do) and prints whether it
+took effect. It prints
 the load average before and after.
 
   .venv/bin/python experiments/bench_layers.py --batch 8 --repeats 5
@@ -375,10 +377,10 @@ def bench_model(batch: int, repeats: int, dtype) -> dict:
 
 
 def main() -> None:
-  from ssd_jax import xla_cpu
+  from ssd_jax import runtime
 
   # Before any JAX computation: XLA reads XLA_FLAGS when its backends start.
-  applied = xla_cpu.apply()
+  applied = runtime.apply_xla_cpu_flags()
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument("--batch", type=int, default=1)
   parser.add_argument("--repeats", type=int, default=5)
@@ -393,7 +395,8 @@ def main() -> None:
   args = parser.parse_args()
   layers = set(filter(None, args.layers.split(",")))
   print(
-    f"ssd_jax.xla_cpu.apply(): {'in effect' if applied else 'NOT in effect'}"
+    "ssd_jax.runtime.apply_xla_cpu_flags(): "
+    f"{'in effect' if applied else 'NOT in effect'}"
     f" (XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r})"
   )
   print(f"load average before: {os.getloadavg()}")

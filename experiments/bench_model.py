@@ -115,9 +115,10 @@ def main(argv=None) -> None:
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--skip-train", action="store_true")
   args = parser.parse_args(argv)
-  from ssd_jax import xla_cpu
+  from ssd_jax import runtime
 
-  xla_cpu.apply()  # As the training entry points; before JAX's first use.
+  # As the training entry points; before JAX's first use.
+  runtime.apply_xla_cpu_flags()
   device = jax.devices()[0]
   print(
     f"jax {jax.__version__}, device {device.device_kind} "

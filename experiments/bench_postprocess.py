@@ -7,19 +7,21 @@ Cases:
   class, everything else is confidently background (like a trained model).
 - untrained: near-uniform softmax (every class score ~1/21 > 0.01), random
   small offsets: the worst case the per-class cap must bound.
-Also times the box decode alone, numpy `decode_boxes` versus the jnp
-`ssd_jax.boxes.decode` plus the device-to-host copy, and `batched_nms` on the
+Also times the box decode alone, `ssd_jax.boxes.decode` with numpy versus
+jnp plus the device-to-host copy, and `batched_nms` on the
 realistic case's thresholded candidates (the peer figure in PERF_NOTES.md is
 torchvision's batched_nms on ~2,900 candidates), and `evaluate_voc` on a
 synthetic set the size of VOC2007 test (4,952 images, 200 detections each).
 
-Recorded 2026-11-27 on the 2-core dev box (shared, so medians are noisy; min
-of 30 runs, ms): decode_detections realistic (1,771 scores > 0.01) 3.9,
-untrained (174,640 > 0.01, capped at 400 per class) 6.8; numpy decode_boxes
-0.29, jitted jnp decode + device_get 0.09 (XLA CPU; eager jnp from numpy
-1.1); batched_nms on 2,082 candidates 6.8; evaluate_voc at VOC07-test size
-660 to 1,200 (two runs). Peer (PERF_NOTES.md, torchvision): postprocess 5.1
-per image, batched_nms on ~2,900 candidates 2.5.
+Recorded 2026-11-30 on the 2-core dev box (shared and loaded, so medians
+are noisy; min of 30 runs, ms), before -> after the one-IoU / one-NMS-engine
+change (issue 11): decode_detections realistic (1,771 scores > 0.01) 3.7 ->
+2.3, untrained (174,640 > 0.01, capped at 400 per class) 6.8 -> 4.3; numpy
+decode (`postprocess.decode_boxes` -> `boxes.decode(xp=np)`) 0.32 -> 0.31;
+jitted jnp decode + device_get 0.07 -> 0.09 (XLA CPU; eager jnp from numpy
+1.0 -> 0.7); batched_nms on 2,082 candidates 6.3 -> 4.5; evaluate_voc at
+VOC07-test size 678 -> 674. Peer (PERF_NOTES.md, torchvision): postprocess
+5.1 per image, batched_nms on ~2,900 candidates 2.5.
 """
 
 import argparse
@@ -120,8 +122,10 @@ def main(argv=None):
     print(f"{label:<52} {lo:8.2f} {med:10.2f}")
 
   loc, scores = realistic_case(priors, rng, num_objects=8)
-  lo, med = _time(lambda: postprocess.decode_boxes(loc, priors), args.repeats)
-  print(f"{'decode_boxes numpy':<52} {lo:8.2f} {med:10.2f}")
+  lo, med = _time(
+    lambda: box_lib.decode(loc, priors.astype(np.float32), xp=np), args.repeats
+  )
+  print(f"{'boxes.decode numpy':<52} {lo:8.2f} {med:10.2f}")
   loc_dev = jax.device_put(loc)
   priors_dev = jax.device_put(priors)
   jnp_decode = jax.jit(box_lib.decode)
@@ -132,7 +136,7 @@ def main(argv=None):
   lo, med = _time(lambda: np.asarray(box_lib.decode(loc, priors)), args.repeats)
   print(f"{'boxes.decode eager from numpy':<52} {lo:8.2f} {med:10.2f}")
 
-  boxes = postprocess.decode_boxes(loc, priors)
+  boxes = box_lib.decode(loc, priors.astype(np.float32), xp=np)
   prior_idx, cls = np.nonzero(scores[:, 1:] > 0.01)
   cand_scores = scores[prior_idx, cls + 1]
   label = f"batched_nms ({len(prior_idx)} candidates)"

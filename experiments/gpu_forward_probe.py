@@ -30,10 +30,12 @@ script works, it measures nothing.
 import argparse
 import collections
 import contextlib
+import glob
 import json
 import os
 import re
 import statistics
+import tempfile
 import time
 
 import jax
@@ -59,6 +61,52 @@ def library_calls(hlo_text: str) -> dict:
   return {
     "custom_calls": dict(collections.Counter(targets)),
     "math_types": dict(collections.Counter(math)),
+  }
+
+
+def top_ops(run, n: int = 10) -> dict:
+  """Device time by op name over two traced calls of `run` (jax.profiler).
+
+  Args:
+    run: a callable of no arguments whose result can be blocked on.
+    n: how many of the most expensive names to keep per kind.
+
+  Returns:
+    {kind: [(name, total ms over the two calls, count)]}, kinds being the
+    device planes' line names with stream lines merged as "kernels" (GPU:
+    "XLA Ops" are HLO ops, "kernels" the CUDA kernels); on a backend with no
+    device plane, the host's XLA thread lines.
+  """
+  from jax.profiler import ProfileData  # noqa: PLC0415 (jax >= 0.4.30)
+
+  with tempfile.TemporaryDirectory() as tmp:
+    with jax.profiler.trace(tmp):
+      for _ in range(2):
+        jax.block_until_ready(run())
+    path = sorted(glob.glob(f"{tmp}/**/*.xplane.pb", recursive=True))[-1]
+    data = ProfileData.from_file(path)
+  planes = [p for p in data.planes if p.name.startswith("/device:")]
+  if not planes:
+    planes = [p for p in data.planes if p.name == "/host:CPU"]
+  totals = collections.defaultdict(collections.Counter)
+  counts = collections.defaultdict(collections.Counter)
+  for plane in planes:
+    for line in plane.lines:
+      if line.name == "python":
+        continue
+      kind = "kernels" if line.name.startswith("Stream") else line.name
+      if plane.name == "/host:CPU":
+        kind = "host"
+      for event in line.events:
+        totals[kind][event.name] += event.duration_ns / 1e6
+        counts[kind][event.name] += 1
+  return {
+    kind: [
+      (name, round(ms, 3), counts[kind][name])
+      for name, ms in total.most_common(n)
+    ]
+    for kind, total in totals.items()
+    if kind not in ("XLA Modules", "Steps")
   }
 
 
@@ -92,22 +140,32 @@ def _variant(name, model, params, images):
   return (lambda: compiled(params, images)), multiplier, compiled.as_text()
 
 
-def probe(batch: int, repeats: int, out: str, smoke: bool = False) -> list:
+def probe(
+  batch: int,
+  repeats: int,
+  out: str,
+  smoke: bool = False,
+  profile: bool = False,
+  variants: tuple[str, ...] = VARIANTS,
+  image_size: int = 300,
+) -> list:
   """Runs every variant; returns and prints one dict per variant."""
   from ssd_jax import models  # noqa: PLC0415
 
   os.makedirs(out, exist_ok=True)
   if smoke:
     size, width, gflop = 64, 0.125, None
-  else:
-    size, width, gflop = 300, 1.0, FORWARD_GFLOP
+  else:  # FLOPs counted for SSD300 only.
+    width = 1.0
+    gflop = FORWARD_GFLOP if image_size == 300 else None
+    size = image_size
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.normal(0, 50, (batch, size, size, 3)), jnp.float32)
   model = models.SSD(num_classes=21, image_size=size, width=width)
   # float32 parameters for every variant (bfloat16 is compute only).
   params = jax.jit(model.init)(jax.random.key(0), images[:1])["params"]
   rows = []
-  for name in VARIANTS:
+  for name in variants:
     if name == "jit_bf16":
       model = model.clone(dtype=jnp.bfloat16)
     start = time.perf_counter()
@@ -131,6 +189,8 @@ def probe(batch: int, repeats: int, out: str, smoke: bool = False) -> list:
       "img_per_s": batch / median,
       "tflop_per_s": gflop and multiplier * gflop * batch / median / 1e3,
     } | library_calls(hlo)
+    if profile:
+      row["top_ops"] = top_ops(run)
     rows.append(row)
     tflops = f"{row['tflop_per_s']:7.1f} TFLOP/s" if gflop else ""
     print(
@@ -139,6 +199,10 @@ def probe(batch: int, repeats: int, out: str, smoke: bool = False) -> list:
       f"math {row['math_types']}",
       flush=True,
     )
+    for kind, ops in row.get("top_ops", {}).items():
+      print(f"  {kind}:")
+      for op, ms, count in ops:
+        print(f"    {ms / 2:9.3f} ms/call  x{count // 2:<4d} {op[:110]}")
   with open(os.path.join(out, "probe.json"), "w") as f:
     json.dump({"device": str(jax.devices()[0]), "rows": rows}, f, indent=1)
   return rows
@@ -150,10 +214,27 @@ def main(argv=None) -> list:
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--out", default="/tmp/gpu_forward_probe")
   parser.add_argument("--smoke", action="store_true")
+  parser.add_argument(
+    "--profile", action="store_true", help="top device ops per variant"
+  )
+  parser.add_argument(
+    "--variants", default=",".join(VARIANTS), help="comma list to run"
+  )
+  parser.add_argument(
+    "--image-size", type=int, default=300, help="300: SSD300, 512: SSD512"
+  )
   args = parser.parse_args(argv)
   batch = args.batch or (2 if args.smoke else 128)
   print(f"jax {jax.__version__} on {jax.devices()[0]}; batch {batch}")
-  return probe(batch, args.repeats, args.out, args.smoke)
+  return probe(
+    batch,
+    args.repeats,
+    args.out,
+    args.smoke,
+    args.profile,
+    tuple(args.variants.split(",")),
+    args.image_size,
+  )
 
 
 if __name__ == "__main__":

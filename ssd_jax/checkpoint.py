@@ -16,6 +16,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
+from ssd_jax import weights
+
 _BEST_METRIC = "mAP"
 
 
@@ -165,8 +167,6 @@ def init_params_from(path: str, params: Any) -> tuple[Any, str]:
     FileNotFoundError: when `path` does not exist or holds no checkpoint.
     KeyError: naming a loaded parameter the model does not have.
   """
-  from ssd_jax import weights  # noqa: PLC0415
-
   if not os.path.exists(path):
     raise FileNotFoundError(f"config.init_from={path!r} does not exist")
   folder = path

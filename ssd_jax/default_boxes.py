@@ -4,6 +4,13 @@ Order, the contract with the model's heads: feature map by feature map, then
 row-major over locations (row i, column j), then box kind at each location:
 the `min_size` square, the `sqrt(min_size * max_size)` square, then for each
 aspect ratio r the pair `(s sqrt(r), s / sqrt(r))` and its transpose.
+
+Every prior rule and registry lives here: the grid (`default_boxes`), the
+Caffe release's VOC and COCO configs, the paper's scale rule
+(`paper_sizes`, `paper_prior_config`), torchvision's SSD300 boxes
+(`TorchvisionPriorConfig`, `TORCHVISION_SSD300_PRIORS`) and the names a
+config's `model.priors` may take (`NAMED_PRIORS`). Which feature maps a
+network has is the model's business (`ssd_jax.models.feature_sizes`).
 """
 
 import math
@@ -187,3 +194,94 @@ def default_boxes(
   if clip:
     priors = np.clip(priors, 0.0, 1.0)
   return priors.astype(np.float32)
+
+
+def paper_prior_config(
+  image_size: int, feature_sizes: Sequence[int]
+) -> PriorConfig:
+  """Default boxes for any map sizes by the paper's rule and release ratios.
+
+  Steps `image_size / side`, the paper's scale rule (`paper_sizes`: the first
+  map at 0.1, then 0.2 .. 0.9) and the release's ratio pattern: (2,) on the
+  first and last two maps, (2, 3) in between.
+
+  Args:
+    image_size: input side in pixels.
+    feature_sizes: side of each source map, at least 3 maps.
+
+  Returns:
+    A PriorConfig with these feature sizes.
+
+  Raises:
+    ValueError: on fewer than 3 maps or a side below 1.
+  """
+  sizes = tuple(int(f) for f in feature_sizes)
+  n = len(sizes)
+  if n < 3 or min(sizes) < 1:
+    raise ValueError(
+      f"paper_prior_config needs at least 3 maps of side >= 1; got {sizes}"
+    )
+  min_sizes, max_sizes = paper_sizes(image_size, n)
+  return PriorConfig(
+    image_size=image_size,
+    feature_sizes=sizes,
+    steps=tuple(image_size / f for f in sizes),
+    min_sizes=min_sizes,
+    max_sizes=max_sizes,
+    aspect_ratios=((2.0,),) + ((2.0, 3.0),) * (n - 3) + ((2.0,), (2.0,)),
+  )
+
+
+class TorchvisionPriorConfig(PriorConfig):
+  """A PriorConfig whose boxes clamp only (w, h) to [0, 1], not the centres.
+
+  torchvision's `DefaultBoxGenerator(clip=True)` clamps the width/height
+  pairs and leaves centres as they are (SSD300's 10x10 map with step 32 has
+  its last centres at 9.5 * 32 / 300 = 1.013); `default_boxes(clip=True)`
+  clamps all four values. `boxes()` reproduces torchvision.
+  """
+
+  __slots__ = ()
+
+  def boxes(self) -> np.ndarray:
+    """[P, 4] float32 (cx, cy, w, h), w and h clamped to [0, 1]."""
+    boxes = default_boxes(**self._replace(clip=False)._asdict())
+    if self.clip:
+      boxes[:, 2:] = np.clip(boxes[:, 2:], 0.0, 1.0)
+    return boxes
+
+
+def prior_boxes(config: PriorConfig) -> np.ndarray:
+  """Default boxes of a config: `default_boxes(**config)`, or `boxes()`.
+
+  Args:
+    config: a PriorConfig (or TorchvisionPriorConfig).
+
+  Returns:
+    [P, 4] float32 (cx, cy, w, h).
+  """
+  if isinstance(config, TorchvisionPriorConfig):
+    return config.boxes()
+  return default_boxes(**config._asdict())
+
+
+# The default boxes of torchvision's `ssd300_vgg16` COCO model: scales
+# (0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05) of 300 (the release's COCO
+# sizes 21, 45, 99, ...), the same grid, steps, ratios and box order as
+# SSD300_PRIORS, torchvision's clamping. Use them with weights from
+# `ssd_jax.weights.from_torchvision_ssd300`.
+TORCHVISION_SSD300_PRIORS = TorchvisionPriorConfig(
+  *SSD300_PRIORS._replace(
+    min_sizes=(21.0, 45.0, 99.0, 153.0, 207.0, 261.0),
+    max_sizes=(45.0, 99.0, 153.0, 207.0, 261.0, 315.0),
+  )
+)
+
+# The values of a config's `model.priors`: name -> {image_size: PriorConfig}.
+# "default" (None) is the model's own rule, `models.default_prior_config`:
+# the release's VOC boxes at 300 and 512, `paper_prior_config` elsewhere.
+NAMED_PRIORS: dict[str, dict[int, PriorConfig] | None] = {
+  "default": None,
+  "coco": {300: SSD300_COCO_PRIORS, 512: SSD512_COCO_PRIORS},
+  "torchvision": {300: TORCHVISION_SSD300_PRIORS},
+}

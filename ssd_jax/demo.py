@@ -16,18 +16,21 @@ import shutil
 import sys
 import time
 
+from absl import logging
+
+from ssd_jax import config as config_lib
+from ssd_jax import runtime, train
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET_MAP = 0.9
 
 
 def load_shapes_config(arg: str | None = None):
   """configs/shapes.py's `get_config(arg)`."""
-  from ssd_jax import train  # noqa: PLC0415
-
   path = os.path.join(REPO, "configs", "shapes.py")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found; run the demo from a checkout")
-  return train.config_from_file(path, arg)
+  return config_lib.config_from_file(path, arg)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,11 +44,7 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--config_arg", default=None, help="e.g. small")
   args = parser.parse_args(argv)
   t0 = time.perf_counter()
-  from absl import logging  # noqa: PLC0415
-
-  from ssd_jax import train, xla_cpu  # noqa: PLC0415
-
-  xla_cpu.apply()  # Before JAX starts its backends.
+  runtime.apply_xla_cpu_flags()  # Before JAX starts its backends.
   logging.set_verbosity(logging.WARNING)
   if args.fresh and os.path.isdir(args.workdir):
     shutil.rmtree(args.workdir)

@@ -15,12 +15,17 @@ Box conventions (the two metrics differ, as their official tools do):
   corners are continuous (pixel k covers [k - 1, k), so XML `xmin` becomes
   `(xmin - 1) / W` and `xmax` becomes `xmax / W`, as `ssd_jax.data` loads
   them); map them back with `(x_min * W + 1, y_min * H + 1, x_max * W,
-  y_max * H)` (`ssd_jax.data.voc_folder.normalized_to_voc_pixels`), for
+  y_max * H)` (`ssd_jax.data.image.normalized_to_voc_pixels`), for
   ground truths and detections alike. The devkit IoU of the mapped boxes is
   then the plain IoU of the continuous pixel boxes.
 - COCO: continuous pixel corners (COCO's `[x, y, w, h]` is
   `(x_min, y_min, x_max - x_min, y_max - y_min)`, no "+1"); a tfds `coco` box
   times `(w, h, w, h)` is in this convention.
+
+`precision_recall` is the VOC AP's own curve (one matching code), so a PR
+plot and the AP next to it cannot disagree. One module (about 470 lines)
+because both metrics share one input contract, validated once
+(`_check_inputs`), and the curve is an intermediate of the VOC AP.
 """
 
 import contextlib
@@ -31,6 +36,8 @@ from typing import NamedTuple
 import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+
+from ssd_jax import boxes as box_lib
 
 DetectionsInput = Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]
 GroundTruthsInput = Sequence[tuple[np.ndarray, np.ndarray, np.ndarray | None]]
@@ -105,9 +112,11 @@ class _Flat(NamedTuple):
 
 
 def _flatten(
-  fn: str, name: str, items: Sequence, num_classes: int, is_gt: bool
+  fn: str, name: str, items: Sequence, num_classes: int | None, is_gt: bool
 ) -> _Flat:
   """Validates per-image tuples and concatenates them.
+
+  Labels must be integers in 1..num_classes-1 (num_classes None: >= 1).
 
   Raises:
     ValueError: naming the image index and field that is wrong.
@@ -146,35 +155,35 @@ def _flatten(
           f"{fn}: {name}[{i}] {field} must be [{n}] (one per box), got shape "
           f"{arr.shape}"
         )
+    top = np.inf if num_classes is None else num_classes - 1
     if n and (
       not np.all(np.equal(np.mod(lab, 1), 0))
       or lab.min() < 1
-      or lab.max() > num_classes - 1
+      or lab.max() > top
     ):
+      allowed = (
+        ">= 1 (0 = background)"
+        if num_classes is None
+        else f"in 1..{top} (num_classes = {num_classes}, 0 = background)"
+      )
       raise ValueError(
-        f"{fn}: {name}[{i}] labels must be integers in 1..{num_classes - 1} "
-        f"(num_classes = {num_classes}, 0 = background), got {lab}"
+        f"{fn}: {name}[{i}] labels must be integers {allowed}, got {lab}"
       )
     boxes.append(b)
     scores.append(score)
     labels.append(lab.astype(np.int64))
     flags.append(flag)
     image.append(np.full((n,), i, np.int64))
-  if not boxes:
-    return _Flat(
-      np.zeros((0, 4)),
-      np.zeros((0,)),
-      np.zeros((0,), np.int64),
-      np.zeros((0,), bool),
-      np.zeros((0,), np.int64),
-    )
+  empty = (np.zeros((0, 4)), np.zeros((0,)), np.zeros((0,), np.int64))
+  empty += (np.zeros((0,), bool), np.zeros((0,), np.int64))
+  parts = (boxes, scores, labels, flags, image)
   return _Flat(
-    *(np.concatenate(x) for x in (boxes, scores, labels, flags, image))
+    *(np.concatenate([e, *x]) for e, x in zip(empty, parts, strict=True))
   )
 
 
-def _check_inputs(fn, detections, ground_truths, num_classes):
-  if num_classes < 2:
+def _check_inputs(fn, detections, ground_truths, num_classes=None):
+  if num_classes is not None and num_classes < 2:
     raise ValueError(
       f"{fn}: num_classes must be >= 2 (background + classes), got "
       f"{num_classes}"
@@ -189,18 +198,10 @@ def _check_inputs(fn, detections, ground_truths, num_classes):
   return dets, gts
 
 
-def _voc_class_ap(
-  det_boxes: np.ndarray,
-  det_scores: np.ndarray,
-  det_image: np.ndarray,
-  gt_boxes: np.ndarray,
-  gt_difficult: np.ndarray,
-  gt_image: np.ndarray,
-  num_images: int,
-  iou_threshold: float,
-  use_07_metric: bool,
-) -> float:
-  """One class's AP with the devkit's matching, vectorised.
+def _voc_class_curve(
+  dets: _Flat, gts: _Flat, label: int, num_images: int, iou_threshold: float
+) -> tuple[np.ndarray, np.ndarray, int]:
+  """One class's precision/recall curve with the devkit's matching.
 
   The devkit visits detections by score and, for each, takes the ground truth
   of its image with the highest IoU (first one on ties), whether or not that
@@ -208,20 +209,24 @@ def _voc_class_ap(
   difficult, a true positive if not yet taken (and is taken), else a false
   positive (duplicate); otherwise a false positive. The best ground truth of
   a detection does not depend on the visiting order, so this computes all
-  IoUs at once; the sequential part reduces to "the first-ranked detection
-  whose best match is a given non-difficult ground truth is the true
-  positive".
+  IoUs at once (`boxes.elementwise_iou`, devkit "+1 pixel" convention); the
+  sequential part reduces to "the first-ranked detection whose best match is
+  a given non-difficult ground truth is the true positive".
+
+  Returns:
+    (recall [T], precision [T], npos): float64 over the T detections that
+    count (ignored ones left out; they repeat the previous point), score
+    descending; npos = non-difficult ground truths (recall is 0 if none).
   """
-  npos = int(np.sum(~gt_difficult))
-  if npos == 0:
-    return float("nan")
-  order = np.argsort(-det_scores, kind="stable")  # ties: input order
-  det_boxes, det_image = det_boxes[order], det_image[order]
+  d, g = dets.labels == label, gts.labels == label  # [N], [M]
+  npos = int(np.sum(~gts.flags[g]))
+  order = np.argsort(-dets.scores[d], kind="stable")  # ties: input order
+  det_boxes, det_image = dets.boxes[d][order], dets.image[d][order]
   num_dets = len(order)
 
-  gt_order = np.argsort(gt_image, kind="stable")  # group by image
-  gt_boxes, gt_difficult = gt_boxes[gt_order], gt_difficult[gt_order]
-  counts = np.bincount(gt_image, minlength=num_images)  # [images]
+  gt_order = np.argsort(gts.image[g], kind="stable")  # group by image
+  gt_boxes, gt_difficult = gts.boxes[g][gt_order], gts.flags[g][gt_order]
+  counts = np.bincount(gts.image[g], minlength=num_images)  # [images]
   starts = np.cumsum(counts) - counts  # [images]
 
   # Every (detection, ground truth of the same image) pair, detection-major.
@@ -230,23 +235,9 @@ def _voc_class_ap(
   seg_start = np.cumsum(per_det) - per_det  # [D] first pair of each det
   local = np.arange(len(pair_det)) - seg_start[pair_det]  # [Q] gt within image
   pair_gt = starts[det_image[pair_det]] + local  # [Q]
-  bb, gt = det_boxes[pair_det], gt_boxes[pair_gt]  # [Q, 4] each
-  # The devkit's arithmetic, term for term.
-  iw = np.maximum(
-    np.minimum(gt[:, 2], bb[:, 2]) - np.maximum(gt[:, 0], bb[:, 0]) + 1.0, 0.0
-  )  # [Q]
-  ih = np.maximum(
-    np.minimum(gt[:, 3], bb[:, 3]) - np.maximum(gt[:, 1], bb[:, 1]) + 1.0, 0.0
-  )  # [Q]
-  inters = iw * ih
-  uni = (
-    (bb[:, 2] - bb[:, 0] + 1.0) * (bb[:, 3] - bb[:, 1] + 1.0)
-    + (gt[:, 2] - gt[:, 0] + 1.0) * (gt[:, 3] - gt[:, 1] + 1.0)
-    - inters
-  )  # [Q]
-  # Degenerate (negative-size) boxes: 0 where the devkit would divide by <= 0.
-  valid = (uni > 0) & (inters > 0)
-  overlaps = np.where(valid, inters / np.where(valid, uni, 1.0), 0.0)  # [Q]
+  overlaps = box_lib.elementwise_iou(
+    det_boxes[pair_det], gt_boxes[pair_gt], inclusive=True, xp=np
+  )  # [Q], the devkit's overlap term for term
 
   has_gt = per_det > 0  # [D]
   ovmax = np.full((num_dets,), -np.inf)
@@ -261,16 +252,53 @@ def _voc_class_ap(
     jmax[has_gt] = starts[det_image[has_gt]] + first_best
 
   matched = ovmax >= iou_threshold  # [D], VOCevaldet.m's >=
-  ignored = matched & gt_difficult[jmax]
-  candidate = np.flatnonzero(matched & ~gt_difficult[jmax])  # rank order
+  difficult = gt_difficult[jmax] if len(gt_difficult) else matched  # [D]
+  counted = ~(matched & difficult)  # [D] difficult: ignored
+  candidate = np.flatnonzero(matched & ~difficult)  # rank order
   _, first = np.unique(jmax[candidate], return_index=True)
   tp = np.zeros((num_dets,))
   tp[candidate[first]] = 1.0
-  fp = np.where(ignored, 0.0, 1.0 - tp)
-  tp, fp = np.cumsum(tp), np.cumsum(fp)
-  recall = tp / float(npos)
+  tp = tp[counted]  # [T]
+  tp, fp = np.cumsum(tp), np.cumsum(1.0 - tp)
+  recall = tp / float(npos) if npos else np.zeros_like(tp)
   precision = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
-  return voc_ap(recall, precision, use_07_metric)
+  return recall, precision, npos
+
+
+def precision_recall(
+  detections: DetectionsInput,
+  ground_truths: GroundTruthsInput,
+  label: int,
+  iou_threshold: float = 0.5,
+) -> tuple[np.ndarray, np.ndarray]:
+  """One class's precision/recall curve, the one `evaluate_voc` scores.
+
+  The same matching code as `evaluate_voc`'s per-class AP (devkit
+  convention, difficult ground truths ignored), so
+  `voc_ap(*precision_recall(...))` is that class's AP.
+
+  Args:
+    detections: per image `(boxes [K, 4], scores [K], labels [K])`, boxes in
+      the devkit's 1-based inclusive pixel convention (module docstring).
+    ground_truths: per image `(boxes [G, 4], labels [G], difficult [G] bool
+      or None)`, same convention.
+    label: the class (1..C-1).
+    iou_threshold: the overlap a true positive must reach.
+
+  Returns:
+    (recall [T], precision [T]) float64 over the T detections of the class
+    that count (a detection matching a difficult object is left out), score
+    descending; empty when the class has no detection; recall is 0 (not
+    NaN) when the class has no non-difficult ground truth.
+
+  Raises:
+    ValueError: as `evaluate_voc` (labels must be integers >= 1).
+  """
+  dets, gts = _check_inputs("precision_recall", detections, ground_truths)
+  recall, precision, _ = _voc_class_curve(
+    dets, gts, label, len(ground_truths), iou_threshold
+  )
+  return recall, precision
 
 
 def evaluate_voc(
@@ -321,18 +349,11 @@ def evaluate_voc(
   )
   per_class = np.full((num_classes - 1,), np.nan)
   for c in range(1, num_classes):
-    d, g = dets.labels == c, gts.labels == c
-    per_class[c - 1] = _voc_class_ap(
-      dets.boxes[d],
-      dets.scores[d],
-      dets.image[d],
-      gts.boxes[g],
-      gts.flags[g],
-      gts.image[g],
-      len(ground_truths),
-      iou_threshold,
-      use_07_metric,
+    recall, precision, npos = _voc_class_curve(
+      dets, gts, c, len(ground_truths), iou_threshold
     )
+    if npos:
+      per_class[c - 1] = voc_ap(recall, precision, use_07_metric)
   has_gt = ~np.isnan(per_class)
   mean = float(np.mean(per_class[has_gt])) if has_gt.any() else float("nan")
   return VocResult(per_class, mean)

@@ -1,36 +1,79 @@
-"""Test-session set-up: the XLA CPU setting that the entry points use, and a
-loader for the scripts in experiments/.
+"""Test-session set-up: the XLA CPU setting that the entry points use, a
+loader for the scripts in experiments/, a config loader and a shared tiny
+training run (`shapes_run`).
 
 The XLA setting is applied before any test starts JAX's backends, so the
 suite runs the same XLA CPU configuration as `python -m ssd_jax.main` (see
-ssd_jax/xla_cpu.py).
+ssd_jax/runtime.py).
 """
 
 import importlib.util
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
-from ssd_jax import xla_cpu
+from ssd_jax import config as config_lib
+from ssd_jax import runtime
 
-xla_cpu.apply()
+runtime.apply_xla_cpu_flags()
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
 
 
 @pytest.fixture(scope="session")
 def load_experiment():
-  """`load_experiment("bench")` imports experiments/bench.py as a module.
+  """`load_experiment("bench")` imports experiments/bench.py as a module
+  (`load_experiment("sweeps/sweep")`: experiments/sweeps/sweep.py).
 
   The experiments are standalone scripts, not a package, so the tests load
   them by path.
   """
 
   def load(name: str):
-    path = EXPERIMENTS / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
+    path = EXPERIMENTS / f"{name}.py"  # name may hold a folder: sweeps/sweep
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
   return load
+
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def load_config(name: str, arg: str | None = None):
+  """configs/NAME.py's `get_config(arg)`, as `--config=configs/NAME.py:arg`."""
+  return config_lib.config_from_file(str(REPO / "configs" / f"{name}.py"), arg)
+
+
+@pytest.fixture(scope="session")
+def shapes_run(tmp_path_factory):
+  """A tiny shapes run through the real command line (train mode).
+
+  3 steps of configs/shapes.py:small with an evaluation at steps 2 and 3;
+  shared by the loop, command-line and sweep tests (it costs ~30 s).
+
+  Returns:
+    (workdir, stdout of the run).
+  """
+  workdir = str(tmp_path_factory.mktemp("shapes"))
+  out = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "ssd_jax.main",
+      "--config=configs/shapes.py:small",
+      f"--workdir={workdir}",
+      "--config.num_steps=3",
+      "--config.eval_every=2",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=600,
+    cwd=REPO,
+  )
+  assert out.returncode == 0, out.stderr[-4000:]
+  return workdir, out.stdout

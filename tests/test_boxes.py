@@ -145,3 +145,84 @@ def test_jit_equals_eager(fn):
   np.testing.assert_allclose(
     jax.jit(fn)(a, priors), fn(a, priors), rtol=1e-6, atol=1e-6
   )
+
+
+def _ref_devkit_iou(a, b):
+  """VOCevaldet.m's overlap of two 1-based inclusive pixel boxes."""
+  iw = min(a[2], b[2]) - max(a[0], b[0]) + 1
+  ih = min(a[3], b[3]) - max(a[1], b[1]) + 1
+  if iw <= 0 or ih <= 0:
+    return 0.0
+  ua = (a[2] - a[0] + 1) * (a[3] - a[1] + 1) + (b[2] - b[0] + 1) * (
+    b[3] - b[1] + 1
+  )
+  return iw * ih / (ua - iw * ih)
+
+
+@settings(max_examples=30, deadline=None)
+@given(corner_boxes, corner_boxes)
+def test_pairwise_iou_numpy_float64_matches_loop_and_jnp(a, b):
+  a64, b64 = a.astype(np.float64), b.astype(np.float64)
+  got = box_lib.pairwise_iou(a64, b64, xp=np)
+  assert isinstance(got, np.ndarray) and got.dtype == np.float64
+  want = np.array([[_ref_iou(x, y) for y in b64] for x in a64]).reshape(
+    len(a), len(b)
+  )
+  np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+  # float32 numpy: the same arithmetic as the jnp path.
+  np.testing.assert_allclose(
+    box_lib.pairwise_iou(a, b, xp=np),
+    box_lib.pairwise_iou(a, b),
+    rtol=1e-6,
+    atol=1e-7,
+  )
+
+
+def test_iou_inclusive_is_the_devkit_overlap():
+  rng = np.random.default_rng(2)
+  xy = rng.integers(1, 40, (30, 2)).astype(np.float64)
+  a = np.concatenate([xy, xy + rng.integers(-2, 15, (30, 2))], -1)
+  b = a[rng.permutation(30)] + rng.integers(-3, 4, (30, 4))
+  got = box_lib.pairwise_iou(a, b, inclusive=True, xp=np)
+  want = np.array([[_ref_devkit_iou(x, y) for y in b] for x in a])
+  np.testing.assert_allclose(got, want, rtol=1e-12)
+  # One-pixel boxes: the devkit counts them, the continuous IoU does not.
+  one = np.array([[3.0, 3, 3, 3]])
+  assert box_lib.pairwise_iou(one, one, inclusive=True, xp=np)[0, 0] == 1.0
+  assert box_lib.pairwise_iou(one, one, xp=np)[0, 0] == 0.0
+  # Aligned pairs: elementwise_iou is the diagonal of pairwise_iou.
+  np.testing.assert_array_equal(
+    box_lib.elementwise_iou(a, b, inclusive=True, xp=np), np.diagonal(got)
+  )
+
+
+def test_pairwise_iou_tensorflow_backend_matches_jnp():
+  tf = pytest.importorskip("tensorflow")
+  tnp = tf.experimental.numpy
+  rng = np.random.default_rng(3)
+  a = _random_corners(rng, 9)
+  b = np.concatenate([_random_corners(rng, 5), np.zeros((2, 4), np.float32)])
+  got = box_lib.pairwise_iou(tf.constant(a), tf.constant(b), xp=tnp)
+  assert got.dtype == tf.float32
+  np.testing.assert_allclose(
+    got.numpy(), box_lib.pairwise_iou(a, b), rtol=1e-6, atol=1e-7
+  )
+  in_graph = tf.function(lambda x, y: box_lib.pairwise_iou(x, y, xp=tnp))
+  np.testing.assert_array_equal(in_graph(a, b).numpy(), got.numpy())
+
+
+def test_decode_numpy_matches_jnp_decode():
+  rng = np.random.default_rng(1)
+  cxcy = rng.uniform(0.05, 0.95, (500, 2))
+  priors = np.concatenate([cxcy, rng.uniform(0.05, 0.6, (500, 2))], -1)
+  priors = priors.astype(np.float32)
+  deltas = rng.normal(0, 2, (2, 500, 4)).astype(np.float32)
+  deltas[0, :10, 2:] = 100.0  # hits the size clamp
+  got = box_lib.decode(deltas, priors, xp=np)
+  want = np.asarray(box_lib.decode(deltas, priors))
+  assert isinstance(got, np.ndarray) and got.dtype == np.float32
+  assert got.shape == (2, 500, 4)
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+  assert np.all(np.isfinite(got))
+  encoded = box_lib.encode(got[1], priors, xp=np)
+  np.testing.assert_allclose(encoded, deltas[1], rtol=1e-3, atol=1e-3)

@@ -1,25 +1,10 @@
-"""Tests for ssd_jax/checkpoint.py and resumption in ssd_jax/train.py."""
-
-import os
-import signal
-import subprocess
-import sys
-import textwrap
+"""Tests for ssd_jax/checkpoint.py (resumption: tests/test_train.py)."""
 
 import flax
 import numpy as np
 import pytest
 
 from ssd_jax import checkpoint as ckpt_lib
-from ssd_jax import train
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load_config(name, arg=None):
-  return train.config_from_file(
-    os.path.join(REPO, "configs", f"{name}.py"), arg
-  )
 
 
 class _State(flax.struct.PyTreeNode):
@@ -92,95 +77,3 @@ def test_init_params_from_a_workdir_keeps_mismatched_shapes(tmp_path):
   assert "1 of 2" in report
   with pytest.raises(FileNotFoundError, match="init_from"):
     ckpt_lib.init_params_from(str(tmp_path / "nope"), fresh)
-
-
-def tiny_config(steps):
-  config = load_config("shapes", "small")
-  config.num_steps = steps
-  config.checkpoint_every = 2
-  config.eval_every = 0
-  config.keep_checkpoints = 5
-  return config
-
-
-def final_params(workdir):
-  ckpt = ckpt_lib.Checkpointer(
-    os.path.join(workdir, "checkpoints"), read_only=True
-  )
-  step = ckpt.latest_step()
-  params = ckpt.restore_raw(step)["params"]
-  ckpt.close()
-  return step, params
-
-
-_KILLED_RUN = textwrap.dedent(
-  """
-  import os, signal, sys
-  sys.path.insert(0, {tests!r})
-  import test_checkpoint as t
-  from ssd_jax import checkpoint, train
-  save = checkpoint.Checkpointer.save
-  def save_then_die(self, step, state, metrics=None):
-    save(self, step, state, metrics)
-    if step == 2:
-      os.kill(os.getpid(), signal.SIGKILL)
-  checkpoint.Checkpointer.save = save_then_die
-  train.train_and_evaluate(t.tiny_config(4), {workdir!r})
-  """
-)
-
-
-@pytest.mark.slow
-def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
-  killed = str(tmp_path / "killed")
-  code = _KILLED_RUN.format(tests=os.path.join(REPO, "tests"), workdir=killed)
-  out = subprocess.run(
-    [sys.executable, "-c", code],
-    capture_output=True,
-    text=True,
-    timeout=600,
-    cwd=REPO,
-  )
-  assert out.returncode == -signal.SIGKILL, out.stderr[-3000:]
-  assert final_params(killed)[0] == 2
-  summary = train.train_and_evaluate(tiny_config(4), killed)  # Resumes.
-  assert summary["step"] == 4
-  straight = str(tmp_path / "straight")
-  train.train_and_evaluate(tiny_config(4), straight)
-  step_a, resumed = final_params(killed)
-  step_b, uninterrupted = final_params(straight)
-  assert step_a == step_b == 4
-  flat_a = flax.traverse_util.flatten_dict(resumed)
-  flat_b = flax.traverse_util.flatten_dict(uninterrupted)
-  assert flat_a.keys() == flat_b.keys()
-  for k in flat_a:  # Same data, same order, same program: bit-identical.
-    np.testing.assert_array_equal(flat_a[k], flat_b[k], err_msg=str(k))
-  # Metrics of the resumed run continue the log (steps 1, 2, then 3, 4).
-  from ssd_jax import metrics_writer
-
-  steps = [
-    r["step"] for r in metrics_writer.read_metrics(killed) if "loss" in r
-  ]
-  assert steps == [1, 2, 3, 4]
-  # A finished run started again only evaluates.
-  again = train.train_and_evaluate(tiny_config(4), straight)
-  assert again["step"] == 4 and again["loss"] is None
-  assert final_params(straight)[0] == 4
-
-
-def test_sigterm_saves_and_stops(tmp_path, monkeypatch):
-  step_fn = train.p_train_step
-
-  def step_then_term(state, batch):
-    out = step_fn(state, batch)
-    if int(out[0].step[0]) == 3:
-      os.kill(os.getpid(), signal.SIGTERM)
-    return out
-
-  monkeypatch.setattr(train, "p_train_step", step_then_term)
-  config = tiny_config(10)
-  config.checkpoint_every = 0
-  summary = train.train_and_evaluate(config, str(tmp_path))
-  assert summary["step"] == 3
-  assert final_params(str(tmp_path))[0] == 3
-  assert signal.getsignal(signal.SIGTERM) is not None

@@ -2,15 +2,14 @@
 tfds sources are covered in test_data_sources.py)."""
 
 import itertools
-from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+import tensorflow as tf
 from test_data_voc_folder import write_voc_folder
 
-from ssd_jax import data
-from ssd_jax.data import augment, pipeline, synthetic
+from ssd_jax.data import image, pipeline, synthetic
 
 SYN = {
   "source": "synthetic",
@@ -30,7 +29,7 @@ def _equal(a, b):
 
 
 def test_train_batch_contract():
-  it = data.create_train_iterator(
+  it = pipeline.create_train_iterator(
     SYN, image_size=24, global_batch_size=4, seed=0, num_devices=2
   )
   (b,) = _take(it, 1)
@@ -54,7 +53,7 @@ def test_train_batch_contract():
 
 def test_deterministic_and_resumable():
   def run(seed, start_step=0, n=4):
-    it = data.create_train_iterator(
+    it = pipeline.create_train_iterator(
       SYN, image_size=16, global_batch_size=4, seed=seed,
       start_step=start_step, num_devices=1,
     )  # fmt: skip
@@ -72,13 +71,13 @@ def test_deterministic_and_resumable():
 def test_each_epoch_is_a_permutation():
   cfg = dict(SYN, augment=False, num_train=8)
   train = _take(
-    data.create_train_iterator(
+    pipeline.create_train_iterator(
       cfg, image_size=32, global_batch_size=4, seed=3, num_devices=1
     ),
     4,
   )
   table = synthetic.synthetic_arrays(0, 8, "train", image_size=32)
-  reference = augment.normalize(table["image"])  # [8, 32, 32, 3]
+  reference = image.normalize(table["image"])  # [8, 32, 32, 3]
 
   def indices(batch):
     out = []
@@ -98,7 +97,7 @@ def test_multi_host_shards_the_global_batch(monkeypatch):
   def run(index, count):
     monkeypatch.setattr(jax, "process_index", lambda: index)
     monkeypatch.setattr(jax, "process_count", lambda: count)
-    it = data.create_train_iterator(
+    it = pipeline.create_train_iterator(
       SYN, image_size=16, global_batch_size=4, seed=5, num_devices=1
     )
     return _take(it, 3)
@@ -113,27 +112,27 @@ def test_multi_host_shards_the_global_batch(monkeypatch):
 
 def test_batch_split_errors():
   with pytest.raises(ValueError, match="not divisible by process_count"):
-    data.create_train_iterator(
+    pipeline.create_train_iterator(
       SYN, image_size=16, global_batch_size=6, seed=0, num_devices=4
     )
   with pytest.raises(ValueError, match="start_step"):
-    data.create_train_iterator(
+    pipeline.create_train_iterator(
       SYN, image_size=16, global_batch_size=4, seed=0, start_step=-1
     )
   assert pipeline.check_batch_split(32, 4, 2) == 16
   with pytest.raises(ValueError, match="data.source"):
-    data.create_train_iterator(
+    pipeline.create_train_iterator(
       {"source": "nope"}, image_size=16, global_batch_size=4, seed=0
     )
   with pytest.raises(ValueError, match="augment_config has an unknown"):
-    data.create_train_iterator(
+    pipeline.create_train_iterator(
       dict(SYN, augment_config={"zoom": 2}), image_size=16,
       global_batch_size=4, seed=0,
     )  # fmt: skip
 
 
 def test_default_num_devices_is_local_device_count():
-  it = data.create_train_iterator(
+  it = pipeline.create_train_iterator(
     SYN, image_size=16, global_batch_size=jax.local_device_count(), seed=0
   )
   (b,) = _take(it, 1)
@@ -141,7 +140,9 @@ def test_default_num_devices_is_local_device_count():
 
 
 def test_eval_iterator_is_finite_ordered_and_padded():
-  batches = list(data.create_eval_iterator(SYN, image_size=32, batch_size=2))
+  batches = list(
+    pipeline.create_eval_iterator(SYN, image_size=32, batch_size=2)
+  )
   assert len(batches) == 3
   last = batches[-1]
   assert last["valid"].tolist() == [True, False]
@@ -150,8 +151,8 @@ def test_eval_iterator_is_finite_ordered_and_padded():
   assert ids == [f"eval_0_{k}" for k in range(5)]
   b = batches[0]
   assert b["image"].shape == (2, 32, 32, 3)
-  assert b["raw_image"].dtype == np.uint8
-  np.testing.assert_array_equal(b["raw_image"], data.denormalize(b["image"]))
+  pixels = image.denormalize(b["image"])
+  assert pixels.dtype == np.uint8 and "raw_image" not in b
   assert b["original_size"].tolist() == [[32, 32], [32, 32]]
   for k in range(2):  # Same size: boxes, labels and pixels are the source's.
     ex = synthetic.generate_example(0, k, "eval", image_size=32)
@@ -159,18 +160,8 @@ def test_eval_iterator_is_finite_ordered_and_padded():
     np.testing.assert_allclose(b["boxes"][k, :g], ex["boxes"], atol=1e-7)
     assert b["labels"][k, :g].tolist() == ex["labels"].tolist()
     assert b["num_boxes"][k] == g
-    np.testing.assert_array_equal(b["raw_image"][k], ex["image"])
+    np.testing.assert_array_equal(pixels[k], ex["image"])
     assert b["difficult"].shape == b["is_crowd"].shape == (2, 6)
-
-
-def test_class_names():
-  assert data.class_names(SYN) == list(synthetic.SHAPE_NAMES)
-  assert len(data.class_names({"source": "tfds_voc"})) == 20
-  assert len(data.class_names({"source": "tfds_coco"})) == 80
-  assert data.class_names({"source": "voc_folder", "class_names": "a, b"}) == [
-    "a",
-    "b",
-  ]
 
 
 def test_voc_folder_pipeline_with_an_empty_image(tmp_path):
@@ -184,7 +175,7 @@ def test_voc_folder_pipeline_with_an_empty_image(tmp_path):
   write_voc_folder(root, images, split="trainval")
   write_voc_folder(root, images[:3], split="test")
   cfg = {"source": "voc_folder", "root": root, "max_boxes": 4}
-  it = data.create_train_iterator(
+  it = pipeline.create_train_iterator(
     cfg, image_size=32, global_batch_size=5, seed=0, num_devices=1
   )
   steps = _take(it, 2)
@@ -192,14 +183,14 @@ def test_voc_folder_pipeline_with_an_empty_image(tmp_path):
   # Image 002 has no boxes, so its rows are all padding: still trains.
   assert np.isfinite(steps[0]["image"]).all()
   resumed = _take(
-    data.create_train_iterator(
+    pipeline.create_train_iterator(
       cfg, image_size=32, global_batch_size=5, seed=0, start_step=1,
       num_devices=1,
     ),
     1,
   )  # fmt: skip
   assert _equal(resumed[0], steps[1])
-  ev = list(data.create_eval_iterator(cfg, image_size=32, batch_size=3))
+  ev = list(pipeline.create_eval_iterator(cfg, image_size=32, batch_size=3))
   (b,) = ev
   assert b["image_id"].tolist() == ["000", "001", "002"]
   assert b["difficult"][:, 0].tolist() == [False, True, False]
@@ -210,14 +201,36 @@ def test_voc_folder_pipeline_with_an_empty_image(tmp_path):
   assert b["labels"][2].tolist() == [0, 0, 0, 0]
 
 
-def test_bench_input_smoke(tmp_path, load_experiment):
-  """experiments/bench_input.py runs (tiny settings) and writes its JSON."""
-  bench = load_experiment("bench_input")
-  out = str(tmp_path / "bench.json")
-  results = bench.main(
-    ["--steps", "1", "--warmup", "1", "--batch", "2", "--num_images", "3",
-     "--image_size", "32", "--json", out]
-  )  # fmt: skip
-  assert results["synthetic_images_per_s"] > 0
-  assert results["voc_folder_images_per_s"] > 0
-  assert Path(out).exists()
+def test_eval_inputs_at_the_input_size_is_mean_subtraction():
+  pixels = np.random.default_rng(1).integers(0, 255, (16, 16, 3), np.uint8)
+  out = pipeline.eval_inputs(tf.constant(pixels), 16).numpy()
+  # Resizing to the same size samples the pixel centres: no change.
+  np.testing.assert_allclose(
+    out, pixels - np.float32(image.MEAN_RGB), atol=1e-4
+  )
+  np.testing.assert_array_equal(image.denormalize(out), pixels)
+  smaller = pipeline.eval_inputs(tf.constant(pixels), 8)
+  assert smaller.shape == (8, 8, 3)
+
+
+def test_image_files_get_the_eval_pipelines_input(tmp_path):
+  root = str(tmp_path / "voc")
+  rng = np.random.default_rng(2)
+  images = [
+    (f"{k}", rng.integers(0, 255, (20 + 7 * k, 33, 3), np.uint8), [])
+    for k in range(3)
+  ]
+  write_voc_folder(root, images, split="test")  # JPEG files.
+  cfg = {"source": "voc_folder", "root": root}
+  (batch,) = pipeline.create_eval_iterator(cfg, image_size=24, batch_size=3)
+  paths = [str(tmp_path / "voc" / "JPEGImages" / f"{k}.jpg") for k in range(3)]
+  files = list(pipeline.create_image_file_iterator(paths, image_size=24))
+  assert len(files) == 3
+  for k, ex in enumerate(files):
+    assert ex["image"].shape == (24, 24, 3) and ex["image"].dtype == np.float32
+    np.testing.assert_array_equal(ex["image"], batch["image"][k])  # Bitwise.
+    assert ex["original"].shape == (20 + 7 * k, 33, 3)
+    assert ex["original"].dtype == np.uint8
+    assert ex["original"].shape[:2] == tuple(batch["original_size"][k])
+  with pytest.raises(ValueError, match="at least one path"):
+    pipeline.create_image_file_iterator([], image_size=24)

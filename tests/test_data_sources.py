@@ -7,8 +7,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from ssd_jax import data
-from ssd_jax.data import sources, voc_folder
+from ssd_jax.data import image, pipeline, sources, voc_folder
 
 # Hand-made VOC examples: (file name, (H, W), [(label0, (xmin, ymin, xmax,
 # ymax) 1-based inclusive pixels, difficult)]).
@@ -79,7 +78,7 @@ def test_voc_eval_converts_boxes_labels_and_ids(skip_decoding):
   requests = []
   with tfds.testing.mock_data(as_dataset_fn=_fake_voc(requests)):
     cfg = _voc_cfg(tfds_skip_decoding=skip_decoding)
-    (b,) = list(data.create_eval_iterator(cfg, image_size=16, batch_size=3))
+    (b,) = list(pipeline.create_eval_iterator(cfg, image_size=16, batch_size=3))
   assert requests == ["2007"]  # "test07"
   assert b["image_id"].tolist() == ["000007", "000009", "000012"]
   for k, (_, size, objects) in enumerate(VOC_EXAMPLES):
@@ -93,7 +92,7 @@ def test_voc_eval_converts_boxes_labels_and_ids(skip_decoding):
     assert b["difficult"][k, :g].tolist() == [o[2] for o in objects]
     assert not b["labels"][k, g:].any()
     # And back to the devkit's pixels for evaluate_voc.
-    back = voc_folder.normalized_to_voc_pixels(b["boxes"][k, :g], size)
+    back = image.normalized_to_voc_pixels(b["boxes"][k, :g], size)
     px = np.asarray([o[1] for o in objects], np.float32).reshape(-1, 4)
     np.testing.assert_allclose(back, px, atol=1e-4)
   np.testing.assert_allclose(b["boxes"][0, 0], [0, 0, 1, 1], atol=1e-6)
@@ -104,7 +103,7 @@ def test_voc_train_07_12_epochs_deterministic_and_resumable():
   with tfds.testing.mock_data(as_dataset_fn=_fake_voc(requests)):
 
     def run(start_step, n, **kw):
-      it = data.create_train_iterator(
+      it = pipeline.create_train_iterator(
         _voc_cfg(**kw), image_size=16, global_batch_size=2, seed=0,
         start_step=start_step, num_devices=1,
       )  # fmt: skip
@@ -135,7 +134,7 @@ def test_default_random_mock_trains_without_crashing():
   # tfds' random mock has inconsistent object lengths and inverted boxes;
   # they are cut and dropped, never passed on.
   with tfds.testing.mock_data(num_examples=4):
-    it = data.create_train_iterator(
+    it = pipeline.create_train_iterator(
       _voc_cfg(tfds_skip_decoding=False, train_split="2007:train"),
       image_size=16, global_batch_size=2, seed=0, num_devices=1,
     )  # fmt: skip
@@ -175,7 +174,9 @@ def test_coco_crowd_dropped_for_training_and_marked_for_eval():
 def test_coco_pipeline_with_mock():
   with tfds.testing.mock_data(num_examples=3):
     cfg = {"source": "tfds_coco", "max_boxes": 8, "tfds_skip_decoding": False}
-    batches = list(data.create_eval_iterator(cfg, image_size=16, batch_size=2))
+    batches = list(
+      pipeline.create_eval_iterator(cfg, image_size=16, batch_size=2)
+    )
   assert len(batches) == 2 and batches[1]["valid"].tolist() == [True, False]
   labels = np.concatenate([b["labels"].ravel() for b in batches])
   assert labels.max() <= 80

@@ -96,32 +96,6 @@ def test_reads_in_split_order_with_exact_conversion(folder):
   assert c["boxes"].shape == (0, 4) and c["labels"].shape == (0,)
 
 
-def test_pixel_conversion_round_trip_and_devkit_width():
-  rng = np.random.default_rng(0)
-  size = (37, 53)
-  x0 = rng.integers(1, 53, 20)
-  y0 = rng.integers(1, 37, 20)
-  px = np.stack(
-    [x0, y0, rng.integers(x0, 54), rng.integers(y0, 38)], -1
-  ).astype(np.float32)
-  norm = voc_folder.voc_pixels_to_normalized(px, size)
-  back = voc_folder.normalized_to_voc_pixels(norm, size)
-  np.testing.assert_allclose(back, px, atol=1e-4)
-  for p, n in zip(px, norm, strict=True):  # Slow reference per box.
-    assert (n[2] - n[0]) * 53 == pytest.approx(p[2] - p[0] + 1, abs=1e-4)
-    assert (n[3] - n[1]) * 37 == pytest.approx(p[3] - p[1] + 1, abs=1e-4)
-  # Per-image sizes broadcast over a batch [N, K, 4] with sizes [N, 2].
-  batch = voc_folder.normalized_to_voc_pixels(
-    np.stack([norm, norm]), np.array([size, (10, 10)])
-  )
-  np.testing.assert_allclose(batch[0], px, atol=1e-4)
-  np.testing.assert_allclose(batch[1, :, 2], norm[:, 2] * 10, atol=1e-5)
-  assert voc_folder.normalized_to_voc_pixels(np.zeros((0, 4)), size).shape == (
-    0,
-    4,
-  )
-
-
 def test_class_names_sources(tmp_path):
   root = str(tmp_path / "custom")
   write_voc_folder(

@@ -114,3 +114,68 @@ def test_coco_priors_follow_the_release_rule(cfg, size, maps, s_min, first):
   np.testing.assert_allclose(cfg.max_sizes, maxs, rtol=1e-6)
   count = 8732 if size == 300 else 24564
   assert db.default_boxes(*cfg).shape == (count, 4)
+
+
+def test_paper_prior_config_follows_paper_rule():
+  cfg = db.paper_prior_config(128, (16, 8, 4, 2, 1))
+  n = 5
+  # Paper: first map at 0.1, then s_k = 0.2 + 0.7 (k - 1) / (m - 1).
+  scales = [0.1] + [0.2 + 0.7 * k / (n - 2) for k in range(n)]
+  np.testing.assert_allclose(cfg.min_sizes, np.array(scales[:n]) * 128)
+  np.testing.assert_allclose(cfg.max_sizes, np.array(scales[1:]) * 128)
+  np.testing.assert_allclose(cfg.steps, [8, 16, 32, 64, 128])
+  assert cfg.aspect_ratios == ((2,), (2, 3), (2, 3), (2,), (2,))
+  assert cfg.feature_sizes == (16, 8, 4, 2, 1) and cfg.clip
+  three = db.paper_prior_config(50, (6, 3, 1))
+  assert three.aspect_ratios == ((2,), (2,), (2,))
+  with pytest.raises(ValueError, match="at least 3 maps"):
+    db.paper_prior_config(32, (4, 2))
+  with pytest.raises(ValueError, match="at least 3 maps"):
+    db.paper_prior_config(32, (4, 2, 0))
+
+
+def _torchvision_default_boxes():
+  """torchvision DefaultBoxGenerator for ssd300_vgg16, as a numpy loop."""
+  scales = [0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05]
+  ratios = [[2], [2, 3], [2, 3], [2, 3], [2], [2]]
+  steps = [8, 16, 32, 64, 100, 300]
+  out = []
+  for k, f in enumerate([38, 19, 10, 5, 3, 1]):
+    wh = [(scales[k], scales[k])]
+    wh.append((math.sqrt(scales[k] * scales[k + 1]),) * 2)
+    for r in ratios[k]:
+      wh += [(scales[k] * math.sqrt(r), scales[k] / math.sqrt(r))]
+      wh += [(scales[k] / math.sqrt(r), scales[k] * math.sqrt(r))]
+    for y in range(f):
+      for x in range(f):
+        cx, cy = (x + 0.5) * steps[k] / 300, (y + 0.5) * steps[k] / 300
+        out += [[cx, cy, min(w, 1.0), min(h, 1.0)] for w, h in wh]
+  return np.array(out)
+
+
+def test_torchvision_priors_equal_torchvision_generator():
+  np.testing.assert_allclose(
+    db.prior_boxes(db.TORCHVISION_SSD300_PRIORS),
+    _torchvision_default_boxes(),
+    atol=1e-6,
+  )
+  boxes = db.TORCHVISION_SSD300_PRIORS.boxes()
+  assert boxes.dtype == np.float32 and boxes[:, :2].max() > 1.0  # centres
+  unclipped = db.TORCHVISION_SSD300_PRIORS._replace(clip=False).boxes()
+  assert unclipped[:, 2:].max() > 1.0
+
+
+def test_prior_boxes_of_a_plain_config_is_default_boxes():
+  np.testing.assert_array_equal(
+    db.prior_boxes(db.SSD300_PRIORS), db.default_boxes(*db.SSD300_PRIORS)
+  )
+
+
+def test_named_priors():
+  assert set(db.NAMED_PRIORS) == {"default", "coco", "torchvision"}
+  assert db.NAMED_PRIORS["default"] is None
+  assert db.NAMED_PRIORS["coco"] == {
+    300: db.SSD300_COCO_PRIORS,
+    512: db.SSD512_COCO_PRIORS,
+  }
+  assert db.NAMED_PRIORS["torchvision"] == {300: db.TORCHVISION_SSD300_PRIORS}

@@ -1,5 +1,7 @@
 """Tests for ssd_jax.evaluation: devkit reference, hand-worked cases, COCO."""
 
+import math
+
 import numpy as np
 import pytest
 
@@ -366,3 +368,71 @@ def test_evaluate_coco_no_ground_truth_is_nan(capsys):
   )
   assert all(np.isnan(v) for v in result.values())
   assert capsys.readouterr().out == ""  # pycocotools kept quiet
+
+
+def test_precision_recall_reproduces_evaluate_voc():
+  rng = np.random.default_rng(3)
+  dets, gts = [], []
+  for _ in range(6):
+    g = rng.integers(0, 4)
+    xy = rng.uniform(0, 60, (g, 2))
+    gt_boxes = np.concatenate([xy, xy + rng.uniform(10, 40, (g, 2))], 1)
+    gt_labels = rng.integers(1, 3, g)
+    gts.append((gt_boxes, gt_labels, rng.random(g) < 0.2))
+    k = rng.integers(0, 6)
+    src = gt_boxes[rng.integers(0, max(g, 1), k)] if g else np.zeros((k, 4))
+    boxes = src + rng.normal(0, 4, (k, 4))
+    boxes[:, 2:] = np.maximum(boxes[:, 2:], boxes[:, :2] + 1)
+    dets.append((boxes, rng.random(k), rng.integers(1, 3, k)))
+  want = evaluation.evaluate_voc(dets, gts, 3, use_07_metric=False)
+  for label in (1, 2):
+    rec, prec = evaluation.precision_recall(dets, gts, label)
+    if math.isnan(want.per_class_ap[label - 1]):
+      continue
+    ap = evaluation.voc_ap(rec, prec, use_07_metric=False) if len(rec) else 0.0
+    np.testing.assert_allclose(ap, want.per_class_ap[label - 1], atol=1e-9)
+  rec, prec = evaluation.precision_recall([], [], 1)
+  assert rec.shape == prec.shape == (0,)
+
+
+def _continuous_iou(a, b):
+  """IoU without the devkit's +1 (the old PR curve's convention)."""
+  iw = max(min(a[2], b[2]) - max(a[0], b[0]), 0.0)
+  ih = max(min(a[3], b[3]) - max(a[1], b[1]), 0.0)
+  area = lambda x: (x[2] - x[0]) * (x[3] - x[1])
+  return iw * ih / (area(a) + area(b) - iw * ih)
+
+
+def test_precision_recall_agrees_with_ap_where_conventions_differ():
+  """Small boxes: the devkit's +1 IoU matches where the continuous one would
+  not, so a curve with the continuous IoU would disagree with the AP."""
+  gt = np.array([[1.0, 1, 4, 4], [20, 20, 23, 23]])  # 1-based inclusive px
+  det = np.array(
+    [
+      [1.0, 1, 3, 3],  # devkit IoU 9/16 >= 0.5; continuous 4/9 < 0.5
+      [20, 20, 21, 21],  # devkit 4/16 < 0.5: a false positive either way
+      [21, 21, 23, 23],  # devkit 9/16 >= 0.5; continuous 4/9 < 0.5
+    ]
+  )
+  # With the continuous IoU no detection would be a true positive.
+  assert all(_continuous_iou(d, g) < 0.5 for d in det for g in gt)
+  dets = [(det, np.array([0.9, 0.8, 0.7]), np.array([1, 1, 1]))]
+  gts = [(gt, np.array([1, 1]), None)]
+  rec, prec = evaluation.precision_recall(dets, gts, 1)
+  np.testing.assert_allclose(rec, [0.5, 0.5, 1.0])  # TP, FP, TP
+  np.testing.assert_allclose(prec, [1.0, 0.5, 2 / 3])
+  for use_07 in (True, False):
+    ap = evaluation.evaluate_voc(dets, gts, 2, use_07_metric=use_07)
+    assert ap.mAP > 0.5
+    assert evaluation.voc_ap(rec, prec, use_07) == ap.per_class_ap[0]
+
+
+def test_precision_recall_difficult_and_no_ground_truth():
+  gts = [(np.array([[1.0, 1, 10, 10]]), np.array([1]), np.array([True]))]
+  dets = [(np.array([[1.0, 1, 10, 10], [30, 30, 40, 40]]), [0.9, 0.8], [1, 1])]
+  rec, prec = evaluation.precision_recall(dets, gts, 1)
+  # The match to the difficult object is left out; no object counts.
+  np.testing.assert_array_equal(rec, [0.0])
+  np.testing.assert_array_equal(prec, [0.0])
+  with pytest.raises(ValueError, match="labels must be integers >= 1"):
+    evaluation.precision_recall([(np.zeros((1, 4)), [0.5], [0])], [gts[0]], 1)

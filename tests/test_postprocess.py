@@ -132,6 +132,19 @@ def test_nms_many_blocks_heavy_overlap():
   assert got.tolist() == _ref_nms(boxes, scores, 0.5)
 
 
+def test_batched_nms_many_blocks_and_classes():
+  # Classes of 5 to 600 boxes: blocks end at class boundaries and at 256.
+  rng = np.random.default_rng(9)
+  classes = np.repeat([7, -1, 3, 0], [600, 5, 300, 90])
+  rng.shuffle(classes)
+  xy = rng.uniform(0, 60, (len(classes), 2))
+  boxes = np.concatenate([xy, xy + rng.uniform(10, 40, xy.shape)], -1)
+  scores = rng.integers(0, 50, len(classes)).astype(np.float32)  # ties
+  for threshold in (0.3, 0.6):
+    got = postprocess.batched_nms(boxes, scores, classes, threshold)
+    assert got.tolist() == _ref_batched_nms(boxes, scores, classes, threshold)
+
+
 def test_nms_suppression_chain():
   # Each box overlaps the next by IoU 0.7 / 1.3 > 0.5 and the one after by
   # 0.4 / 1.6 < 0.5; scores fall along the chain, so greedy NMS keeps every
@@ -204,18 +217,6 @@ def test_nms_bad_shapes():
     postprocess.batched_nms(np.zeros((3, 4)), np.zeros(3), np.zeros(2), 0.5)
 
 
-def test_decode_boxes_matches_jnp_decode():
-  rng = np.random.default_rng(1)
-  priors = _random_priors(rng, 500)
-  deltas = rng.normal(0, 2, (2, 500, 4)).astype(np.float32)
-  deltas[0, :10, 2:] = 100.0  # hits the size clamp
-  got = postprocess.decode_boxes(deltas, priors)
-  want = np.asarray(box_lib.decode(deltas, priors))
-  assert got.dtype == np.float32
-  assert got.shape == (2, 500, 4)
-  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
-
-
 def _check_against_reference(loc, scores, priors, **kw):
   kw = {
     "score_threshold": 0.01,
@@ -281,6 +282,18 @@ def test_decode_detections_caps_and_ties():
     max_detections=10,
   )  # fmt: skip
   assert len(got.scores) == 10
+
+
+def test_decode_detections_without_caps():
+  rng = np.random.default_rng(7)
+  priors = _random_priors(rng, 400)
+  loc = rng.normal(0, 0.5, (400, 4)).astype(np.float32)
+  scores = rng.integers(0, 6, (400, 4)).astype(np.float32) / 8  # ties
+  got = _check_against_reference(
+    loc, scores, priors, top_k_per_class=None, max_detections=None
+  )
+  assert len(got.scores) > 300  # more than one block, all classes
+  assert set(got.labels.tolist()) == {1, 2, 3}
 
 
 def test_decode_detections_untrained_ssd300():
@@ -363,12 +376,3 @@ def test_decode_detections_bad_input():
     postprocess.decode_detections_batch(
       np.zeros((2, 10, 4)), np.zeros((3, 10, 3)), priors
     )
-
-
-def test_bench_postprocess_smoke(capsys, load_experiment):
-  """experiments/bench_postprocess.py runs (tiny settings)."""
-  bench = load_experiment("bench_postprocess")
-  bench.main(["--repeats", "1", "--eval-images", "5"])
-  out = capsys.readouterr().out
-  assert "decode_detections untrained" in out
-  assert "evaluate_voc, 5 images" in out

@@ -1,158 +1,27 @@
-"""Tests for ssd_jax/train.py: schedule, optimizer, the pmapped step."""
+"""Tests for ssd_jax/train.py: the loop, resumption, stops, multi-host."""
 
+import json
+import math
 import os
+import signal
+import socket
 import subprocess
 import sys
 import textwrap
 
+import flax
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
+import tensorflow_datasets as tfds
+from conftest import REPO, load_config
+from PIL import Image
 
-from ssd_jax import losses, matching, models, train
+from ssd_jax import checkpoint as ckpt_lib
+from ssd_jax import metrics_writer, models, optim, train
+from ssd_jax import step as step_lib
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load_config(name, arg=None):
-  return train.config_from_file(
-    os.path.join(REPO, "configs", f"{name}.py"), arg
-  )
-
-
-def tiny_setup(optimizer="sgd", clip=0.0, lr=0.05):
-  config = load_config("shapes", "small")
-  config.optimizer = optimizer
-  config.grad_clip_norm = clip
-  config.learning_rate = lr
-  config.warmup_steps = 0
-  model = models.SSD(num_classes=4, image_size=64, width=0.125)
-  state = train.create_train_state(model, config, jax.random.key(0))
-  return config, model, state
-
-
-def tiny_batch(n, seed=0, m=3):
-  """n images [n, 64, 64, 3] with 1..m random boxes each (label 0 padding)."""
-  rng = np.random.default_rng(seed)
-  images = rng.normal(0, 50, (n, 64, 64, 3)).astype(np.float32)
-  xy = rng.uniform(0, 0.6, (n, m, 2))
-  wh = rng.uniform(0.15, 0.4, (n, m, 2))
-  boxes = np.concatenate([xy, xy + wh], -1).astype(np.float32)
-  labels = rng.integers(1, 4, (n, m)).astype(np.int32)
-  count = rng.integers(1, m + 1, n)
-  labels[np.arange(m)[None] >= count[:, None]] = 0
-  boxes[labels == 0] = 0
-  return {"image": images, "boxes": boxes, "labels": labels}
-
-
-def reference_lr(step, base, warmup, f0, boundaries, factor):
-  lr = base * factor ** sum(step >= b for b in boundaries)
-  if step < warmup:
-    lr *= f0 + (1 - f0) * step / warmup
-  return lr
-
-
-@pytest.mark.parametrize(
-  "warmup,f0,boundaries", [(0, 0.0, ()), (10, 0.1, (20, 30)), (5, 0.0, (3,))]
-)
-def test_learning_rate_schedule_matches_reference(warmup, f0, boundaries):
-  fn = train.create_learning_rate_schedule(
-    0.01, warmup, f0, boundaries, decay_factor=0.1
-  )
-  for step in range(40):
-    want = reference_lr(step, 0.01, warmup, f0, boundaries, 0.1)
-    np.testing.assert_allclose(float(fn(step)), want, rtol=1e-6)
-
-
-def test_learning_rate_schedule_rejects_bad_values():
-  with pytest.raises(ValueError, match="increasing"):
-    train.create_learning_rate_schedule(0.1, boundaries=(5, 3))
-  with pytest.raises(ValueError, match="warmup_steps"):
-    train.create_learning_rate_schedule(0.1, warmup_steps=-1)
-
-
-def test_weight_decay_mask_skips_biases_only():
-  params = {
-    "conv": {"kernel": np.ones((3, 3, 2, 2)), "bias": np.ones(2)},
-    "l2norm": {"scale": np.ones(2)},
-  }
-  mask = train.weight_decay_mask(params)
-  assert mask == {
-    "conv": {"kernel": True, "bias": False},
-    "l2norm": {"scale": True},
-  }
-
-
-def test_optimizer_applies_caffe_weight_decay_and_momentum():
-  config = load_config("shapes", "small")
-  config.update(
-    optimizer="sgd",
-    warmup_steps=0,
-    grad_clip_norm=0.0,
-    learning_rate=0.1,
-    weight_decay=0.01,
-    momentum=0.9,
-    lr_boundaries=(),
-  )
-  tx, _ = train.create_optimizer(config)
-  params = {"c": {"kernel": jnp.full((2,), 2.0), "bias": jnp.full((2,), 3.0)}}
-  grads = {"c": {"kernel": jnp.full((2,), 1.0), "bias": jnp.full((2,), 1.0)}}
-  state = tx.init(params)
-  # Step 1: v = g + wd w; w -= lr v. Step 2: v = m v + g + wd w.
-  w_k, v_k, w_b, v_b = 2.0, 0.0, 3.0, 0.0
-  for _ in range(2):
-    updates, state = tx.update(grads, state, params)
-    params = optax.apply_updates(params, updates)
-    v_k = 0.9 * v_k + 1.0 + 0.01 * w_k
-    w_k -= 0.1 * v_k
-    v_b = 0.9 * v_b + 1.0
-    w_b -= 0.1 * v_b
-  np.testing.assert_allclose(params["c"]["kernel"], w_k, rtol=1e-6)
-  np.testing.assert_allclose(params["c"]["bias"], w_b, rtol=1e-6)
-
-
-def test_gradient_clipping_bounds_the_update():
-  config = load_config("shapes", "small")
-  config.update(
-    optimizer="sgd",
-    warmup_steps=0,
-    grad_clip_norm=1.0,
-    learning_rate=1.0,
-    weight_decay=0.0,
-    momentum=0.0,
-    lr_boundaries=(),
-  )
-  tx, _ = train.create_optimizer(config)
-  params = {"w": jnp.zeros((4,))}
-  updates, _ = tx.update({"w": jnp.full((4,), 100.0)}, tx.init(params), params)
-  np.testing.assert_allclose(np.linalg.norm(updates["w"]), 1.0, rtol=1e-5)
-
-
-def test_unknown_optimizer_is_named():
-  config = load_config("shapes", "small")
-  config.optimizer = "lamb"
-  with pytest.raises(ValueError, match="config.optimizer"):
-    train.create_optimizer(config)
-
-
-def reference_update(model, state, batch):
-  """One unsharded step written out: vmap(match), loss, grad, optax."""
-  priors = jnp.asarray(model.priors())
-
-  def ref_loss(params):
-    loc, logits = model.apply({"params": params}, batch["image"])
-    loc_t, cls_t = jax.vmap(
-      lambda b, lab: matching.match(b, lab, priors, 0.5, (0.1, 0.2))
-    )(batch["boxes"], batch["labels"])
-    return losses.multibox_loss(loc, logits, loc_t, cls_t, 3.0)
-
-  (loss, parts), grads = jax.value_and_grad(ref_loss, has_aux=True)(
-    state.params
-  )
-  updates, _ = state.tx.update(grads, state.opt_state, state.params)
-  return optax.apply_updates(state.params, updates), loss, parts
+DATA = os.path.join(REPO, "tests", "data")
 
 
 def test_check_finite_names_the_step():
@@ -162,95 +31,169 @@ def test_check_finite_names_the_step():
       train.check_finite(7, {"loss": bad, "loc_loss": bad, "conf_loss": 0.0})
 
 
-def test_validate_config_names_bad_fields(tmp_path):
+def test_train_writes_metrics_results_pictures(shapes_run):
+  workdir, stdout = shapes_run
+  assert "step 3/3 loss" in stdout and "img/s" in stdout and "ETA" in stdout
+  records = metrics_writer.read_metrics(workdir)
+  losses = [r for r in records if "loss" in r]
+  assert [r["step"] for r in losses] == [1, 2, 3]
+  for key in ("loc_loss", "conf_loss", "num_positives", "lr", "grad_norm"):
+    assert all(math.isfinite(r[key]) for r in losses), key
+  assert [r["step"] for r in records if "mAP" in r] == [2, 3]
+  with open(os.path.join(workdir, "eval_results.json")) as f:
+    result = json.load(f)
+  assert result["step"] == 3
+  names = load_config("shapes", "small")
+  assert set(result["per_class_ap"]) <= {
+    "circle",
+    "square",
+    "triangle",
+    "diamond",
+    "cross",
+    "ring",
+  }
+  assert result["mAP"] is None or 0.0 <= result["mAP"] <= 1.0
+  del names
+  for pic in ("pr_curves.png", "detections.png"):
+    assert Image.open(os.path.join(workdir, "pictures", pic)).size[0] > 0
+  events = os.listdir(os.path.join(workdir, "tensorboard"))
+  assert any(e.startswith("events.out.tfevents") for e in events)
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "3"]
+
+
+def test_bad_config_values_give_clear_messages(tmp_path):
   config = load_config("shapes", "small")
-  config.num_steps = 0
-  with pytest.raises(ValueError, match="config.num_steps"):
-    train.validate_config(config)
-  config = load_config("shapes", "small")
-  config.eval.metric = "f1"
-  with pytest.raises(ValueError, match="config.eval.metric"):
-    train.validate_config(config)
+  config.data.source = "imagenet"
+  with pytest.raises(ValueError, match="data.source"):
+    train.train_and_evaluate(config, str(tmp_path / "a"))
   config = load_config("voc_folder", "small")
-  with pytest.raises(ValueError, match="config.data.root"):
-    train.validate_config(config)
-  config.data.root = str(tmp_path / "missing")
-  with pytest.raises(FileNotFoundError, match="missing"):
-    train.validate_config(config)
+  config.data.root = str(tmp_path / "no_such_folder")
+  with pytest.raises(FileNotFoundError, match="config.data.root"):
+    train.train_and_evaluate(config, str(tmp_path / "b"))
+  config = load_config("shapes", "small")
+  config.batch_size = 0
+  with pytest.raises(ValueError, match="config.batch_size"):
+    train.train_and_evaluate(config, str(tmp_path / "c"))
 
 
-# Runs with 4 fake CPU devices (XLA_FLAGS must be set before jax starts).
-_FOUR_DEVICES = textwrap.dedent(
+@pytest.mark.slow
+def test_one_step_train_and_eval_on_mock_tfds_voc(tmp_path):
+  config = load_config("voc", "small")
+  config.model.image_size = 64
+  config.model.width = 0.125
+  config.batch_size = 2
+  config.num_steps = 1
+  config.checkpoint_every = 0
+  config.eval.batch_size = 4
+  config.eval.num_pictures = 2
+  config.data.update(
+    tfds_skip_decoding=False,
+    train_split="2007:train",
+    eval_split="2007:test",
+    shuffle_buffer=8,
+  )
+  with tfds.testing.mock_data(num_examples=4):
+    summary = train.train_and_evaluate(config, str(tmp_path))
+  assert summary["step"] == 1 and math.isfinite(summary["loss"])
+  with open(os.path.join(tmp_path, "eval_results.json")) as f:
+    result = json.load(f)
+  assert result["step"] == 1 and result["num_images"] == 4
+  assert (
+    len(result["per_class_ap"]) == 20 and "aeroplane" in result["per_class_ap"]
+  )
+
+
+def tiny_config(steps):
+  config = load_config("shapes", "small")
+  config.num_steps = steps
+  config.checkpoint_every = 2
+  config.eval_every = 0
+  config.keep_checkpoints = 5
+  return config
+
+
+def final_params(workdir):
+  ckpt = ckpt_lib.Checkpointer(
+    os.path.join(workdir, "checkpoints"), read_only=True
+  )
+  step = ckpt.latest_step()
+  params = ckpt.restore_raw(step)["params"]
+  ckpt.close()
+  return step, params
+
+
+_KILLED_RUN = textwrap.dedent(
   """
-  import os, sys
-  os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+  import os, signal, sys
   sys.path.insert(0, {tests!r})
-  import jax, numpy as np, pytest
-  assert jax.local_device_count() == 4, jax.devices()
   import test_train as t
-  from ssd_jax import train
-  config, model, state = t.tiny_setup(clip=0.0)
-  batch = t.tiny_batch(8, seed=1)
-  def split(d):
-    return jax.tree.map(lambda x: x.reshape(d, 8 // d, *x.shape[1:]), batch)
-  s1, m1 = train.p_train_step(train.replicate(state, 1), split(1))
-  s4, m4 = train.p_train_step(train.replicate(state, 4), split(4))
-  m1, m4 = train.unreplicate(m1), jax.device_get(m4)
-  # 1 device against the unsharded step written out by hand.
-  want, loss, parts = t.reference_update(model, state, batch)
-  assert int(train.unreplicate(s1.step)) == 1
-  np.testing.assert_allclose(m1["loss"], loss, rtol=1e-5)
-  np.testing.assert_allclose(m1["num_positives"], parts["num_positives"])
-  assert m1["num_positives"] > 0
-  np.testing.assert_allclose(m1["lr"], config.learning_rate, rtol=1e-6)
-  got = train.unreplicate(s1.params)
-  assert jax.tree.structure(got) == jax.tree.structure(want)
-  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-  for k in m1:  # Every device reports the same global metrics.
-    np.testing.assert_allclose(m4[k], m1[k], rtol=1e-5, err_msg=k)
-  p0 = jax.tree.leaves(state.params)
-  p1 = jax.tree.leaves(train.unreplicate(s1.params))
-  p4 = jax.device_get(jax.tree.leaves(s4.params))
-  worst = 0.0
-  for a, b, c in zip(p0, p1, p4):
-    for dev in range(4):
-      np.testing.assert_array_equal(c[dev], c[0])  # Replicas agree.
-    d1, d4 = b - a, c[0] - a  # The updates.
-    scale = np.abs(d1).max() + 1e-12
-    worst = max(worst, np.abs(d1 - d4).max() / scale)
-  assert worst < 1e-4, worst
-  config.batch_size = 6
-  with pytest.raises(ValueError, match="multiple of the number of devices"):
-    train.validate_config(config)
-  print("OK", worst)
+  from ssd_jax import checkpoint, train
+  save = checkpoint.Checkpointer.save
+  def save_then_die(self, step, state, metrics=None):
+    save(self, step, state, metrics)
+    if step == 2:
+      os.kill(os.getpid(), signal.SIGKILL)
+  checkpoint.Checkpointer.save = save_then_die
+  train.train_and_evaluate(t.tiny_config(4), {workdir!r})
   """
 )
 
 
 @pytest.mark.slow
-def test_pmapped_step_matches_reference_and_four_devices():
-  # 1 device equals the hand-written unsharded step (same float ops up to
-  # the pmean over one device: rtol 1e-5). The same global batch of 8 on 1
-  # device and split 4 x 2: the updates agree to float32 summation-order
-  # error (relative 1e-4 of the largest update of each array).
-  code = _FOUR_DEVICES.format(tests=os.path.join(REPO, "tests"))
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
+  killed = str(tmp_path / "killed")
+  code = _KILLED_RUN.format(tests=os.path.join(REPO, "tests"), workdir=killed)
   out = subprocess.run(
     [sys.executable, "-c", code],
-    env=env,
     capture_output=True,
     text=True,
     timeout=600,
     cwd=REPO,
   )
-  assert out.returncode == 0, out.stderr[-4000:]
-  assert "OK" in out.stdout
+  assert out.returncode == -signal.SIGKILL, out.stderr[-3000:]
+  assert final_params(killed)[0] == 2
+  summary = train.train_and_evaluate(tiny_config(4), killed)  # Resumes.
+  assert summary["step"] == 4
+  straight = str(tmp_path / "straight")
+  train.train_and_evaluate(tiny_config(4), straight)
+  step_a, resumed = final_params(killed)
+  step_b, uninterrupted = final_params(straight)
+  assert step_a == step_b == 4
+  flat_a = flax.traverse_util.flatten_dict(resumed)
+  flat_b = flax.traverse_util.flatten_dict(uninterrupted)
+  assert flat_a.keys() == flat_b.keys()
+  for k in flat_a:  # Same data, same order, same program: bit-identical.
+    np.testing.assert_array_equal(flat_a[k], flat_b[k], err_msg=str(k))
+  # Metrics of the resumed run continue the log (steps 1, 2, then 3, 4).
+  steps = [
+    r["step"] for r in metrics_writer.read_metrics(killed) if "loss" in r
+  ]
+  assert steps == [1, 2, 3, 4]
+  # A finished run started again only evaluates.
+  again = train.train_and_evaluate(tiny_config(4), straight)
+  assert again["step"] == 4 and again["loss"] is None
+  assert final_params(straight)[0] == 4
+
+
+def test_sigterm_saves_and_stops(tmp_path, monkeypatch):
+  step_fn = step_lib.p_train_step
+
+  def step_then_term(*args):
+    out = step_fn(*args)
+    if int(out[0].step[0]) == 3:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return out
+
+  monkeypatch.setattr(step_lib, "p_train_step", step_then_term)
+  config = tiny_config(10)
+  config.checkpoint_every = 0
+  summary = train.train_and_evaluate(config, str(tmp_path))
+  assert summary["step"] == 3
+  assert final_params(str(tmp_path))[0] == 3
+  assert signal.getsignal(signal.SIGTERM) is not None
 
 
 def _free_port():
-  import socket
-
   with socket.socket() as s:
     s.bind(("localhost", 0))
     return s.getsockname()[1]
@@ -289,17 +232,56 @@ def test_two_process_run_on_localhost(tmp_path):
     assert p.returncode == 0, err[-4000:]
   finished = [
     line
-    for _, err in outs
-    for line in err.splitlines()
-    if "Training finished" in line
+    for out, _ in outs
+    for line in out.splitlines()
+    if line.startswith("train finished: ")
   ]
   assert len(finished) == 2
   losses = {line.split("'loss': ")[1].split(",")[0] for line in finished}
   assert len(losses) == 1  # Both processes saw the same global loss.
-  from ssd_jax import metrics_writer
-
   steps = [
     r["step"] for r in metrics_writer.read_metrics(workdir) if "loss" in r
   ]
   assert steps == [1, 2]  # Written once, by process 0.
   assert os.path.isdir(os.path.join(workdir, "checkpoints", "2"))
+
+
+def test_restores_a_checkpoint_written_before_the_redesign(tmp_path):
+  # tests/data/pre_redesign_checkpoint was written by the code of commit
+  # d8675ba (TrainState with apply_fn/tx/match_fn fields, models/vgg.py,
+  # the old train.py); the leaf sums were recorded by that code too.
+  with open(os.path.join(DATA, "pre_redesign_checkpoint.json")) as f:
+    want = json.load(f)["leaf_sums"]
+  config = load_config("shapes", "small")
+  config.model.width = 0.0625
+  config.optimizer = "sgd"
+  model = models.from_config(config.model, num_classes=7)
+  tx, _ = optim.create_optimizer(config)
+  folder = os.path.join(DATA, "pre_redesign_checkpoint")
+  ckpt = ckpt_lib.Checkpointer(folder, read_only=True)
+  try:
+    state = ckpt.restore(2, train.abstract_state(model, tx))
+  finally:
+    ckpt.close()
+  got = flax.traverse_util.flatten_dict(
+    flax.serialization.to_state_dict(state), sep="/"
+  )
+  assert sorted(got) == sorted(want)
+  for key, total in want.items():
+    np.testing.assert_allclose(
+      np.asarray(got[key], np.float64).sum(), total, rtol=1e-6, err_msg=key
+    )
+  # And the restored parameters run in the new model.
+  size = model.image_size
+  loc, logits = model.apply(
+    {"params": state.params}, np.zeros((1, size, size, 3), np.float32)
+  )
+  assert loc.shape == (1, model.priors().shape[0], 4)
+  assert np.isfinite(np.asarray(logits)).all()
+  # A workdir holding it resumes through train_and_evaluate.
+  workdir = tmp_path / "old"
+  workdir.mkdir()
+  os.symlink(folder, workdir / "checkpoints")
+  model2, params, names, step = train.restore_params(config, str(workdir))
+  assert model2 == model and step == 2 and len(names) + 1 == 7
+  assert jax.tree.structure(params) == jax.tree.structure(state.params)

@@ -36,53 +36,44 @@ optional):
   synthetic_seed (0).
 - num_parallel_calls (AUTOTUNE), num_threads (CPU count), prefetch (2).
 
-Normalisation lives here only: `MEAN_RGB` and `normalize`.
+Importing this package does not import TensorFlow: it exports the TF-free
+names only (the image constants and pixel helpers of `image.py`, the VOC
+folder reader, the synthetic set). The tf.data pipeline and the
+augmentation are modules of their own, imported where needed:
+`from ssd_jax.data import pipeline` (`pipeline.create_train_iterator`,
+`pipeline.create_eval_iterator`, ...), `from ssd_jax.data import dataset`
+(`dataset.class_names`: what a config's source holds) and
+`from ssd_jax.data import augment`.
+
+Normalisation lives in one place: `image.MEAN_RGB` and `image.normalize`.
 """
 
-from ssd_jax.data.augment import (
+from ssd_jax.data.image import (
   MEAN_RGB,
-  AugmentConfig,
   denormalize,
-  eval_preprocess,
   normalize,
-  train_augment,
+  normalized_to_pixels,
+  normalized_to_voc_pixels,
+  voc_pixels_to_normalized,
 )
-from ssd_jax.data.pipeline import (
-  check_batch_split,
-  class_names,
-  configure_tensorflow,
-  create_eval_iterator,
-  create_train_iterator,
-)
-from ssd_jax.data.sources import COCO_CLASSES
 from ssd_jax.data.synthetic import SHAPE_NAMES, generate_example, read_synthetic
 from ssd_jax.data.voc_folder import (
   VOC_CLASSES,
   index_voc_folder,
-  normalized_to_voc_pixels,
   read_voc_folder,
-  voc_pixels_to_normalized,
 )
 
 __all__ = [
-  "COCO_CLASSES",
   "MEAN_RGB",
   "SHAPE_NAMES",
   "VOC_CLASSES",
-  "AugmentConfig",
-  "check_batch_split",
-  "class_names",
-  "configure_tensorflow",
-  "create_eval_iterator",
-  "create_train_iterator",
   "denormalize",
-  "eval_preprocess",
   "generate_example",
   "index_voc_folder",
   "normalize",
+  "normalized_to_pixels",
   "normalized_to_voc_pixels",
   "read_synthetic",
   "read_voc_folder",
-  "train_augment",
   "voc_pixels_to_normalized",
 ]

@@ -25,47 +25,21 @@ the release (which distorts before expanding). Brightness and
 contrast are affine, so they commute exactly with the bilinear resize up to
 the [0, 255] clipping; saturation and hue are per-pixel, so they differ from
 distort-then-resize only at interpolated edges.
+
+The normalisation constant comes from the TF-free `image.py`; the crop
+sampler's IoU is `ssd_jax.boxes.pairwise_iou` run with
+`tf.experimental.numpy`. One module (about 480 lines) because the steps are
+one seeded recipe: the geometric steps share the window algebra and
+`render`, and `train_augment` draws every step's seed from one seed tree.
 """
 
 from typing import NamedTuple
 
-import numpy as np
 import tensorflow as tf
+import tensorflow.experimental.numpy as tnp
 
-# The one place for the normalisation constants (SSD/Caffe and torchvision
-# convention): 0..255 RGB pixels minus this mean, std 1. The Caffe release
-# lists it in BGR order as (104, 117, 123).
-MEAN_RGB = (123.0, 117.0, 104.0)
-
-
-def normalize(images) -> np.ndarray:
-  """Normalise uint8 RGB pixels for the model (numpy, host side).
-
-  Args:
-    images: [..., H, W, 3] uint8 (or any real dtype) RGB, values 0..255.
-
-  Returns:
-    [..., H, W, 3] float32, `images - MEAN_RGB`.
-  """
-  images = np.asarray(images)
-  if images.shape[-1:] != (3,):
-    raise ValueError(
-      f"images must end in 3 RGB channels, got shape {images.shape}"
-    )
-  return images.astype(np.float32) - np.asarray(MEAN_RGB, np.float32)
-
-
-def denormalize(images) -> np.ndarray:
-  """Invert `normalize` to displayable uint8 pixels.
-
-  Args:
-    images: [..., H, W, 3] float, normalised.
-
-  Returns:
-    [..., H, W, 3] uint8, rounded and clipped to 0..255.
-  """
-  images = np.asarray(images, np.float32) + np.asarray(MEAN_RGB, np.float32)
-  return np.clip(np.round(images), 0, 255).astype(np.uint8)
+from ssd_jax import boxes as box_lib
+from ssd_jax.data.image import MEAN_RGB
 
 
 class AugmentConfig(NamedTuple):
@@ -183,18 +157,6 @@ def expand(
   return _compose(window, canvas), boxes
 
 
-def _pairwise_iou(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
-  """IoU of corner boxes a [N, 4] and b [M, 4] -> [N, M]; 0 for empty ones."""
-  lt = tf.maximum(a[:, None, :2], b[None, :, :2])  # [N, M, 2]
-  rb = tf.minimum(a[:, None, 2:], b[None, :, 2:])  # [N, M, 2]
-  wh = tf.maximum(rb - lt, 0.0)
-  inter = wh[..., 0] * wh[..., 1]  # [N, M]
-  area_a = tf.reduce_prod(tf.maximum(a[:, 2:] - a[:, :2], 0.0), -1)  # [N]
-  area_b = tf.reduce_prod(tf.maximum(b[:, 2:] - b[:, :2], 0.0), -1)  # [M]
-  union = area_a[:, None] + area_b[None, :] - inter
-  return tf.math.divide_no_nan(inter, union)
-
-
 def _centres_inside(patches: tf.Tensor, boxes: tf.Tensor) -> tf.Tensor:
   """Whether each box centre lies in each patch: [N, 4], [M, 4] -> [N, M]."""
   centres = (boxes[:, :2] + boxes[:, 2:]) / 2  # [M, 2]
@@ -241,7 +203,8 @@ def sample_crop(
   y0 = _uniform(s[3], shape) * (1.0 - h)
   patches = tf.stack([x0, y0, x0 + w, y0 + h], -1)  # [K, T, 4]
   flat = tf.reshape(patches, [-1, 4])  # [K*T, 4]
-  iou = tf.reshape(_pairwise_iou(flat, boxes), [num_samplers, trials, -1])
+  iou = box_lib.pairwise_iou(flat, boxes, xp=tnp)  # [K*T, G]
+  iou = tf.reshape(iou, [num_samplers, trials, -1])
   inside = tf.reshape(_centres_inside(flat, boxes), [num_samplers, trials, -1])
   min_iou = tf.constant(list(config.min_ious) + [-1.0], tf.float32)  # [K]
   # [K, T]: some kept box meets the sampler's IoU bound.

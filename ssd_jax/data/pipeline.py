@@ -1,5 +1,6 @@
-"""The tf.data input pipelines: training (infinite, augmented, resumable) and
-evaluation (finite, resize + normalise).
+"""The tf.data input pipelines: training (infinite, augmented, resumable),
+evaluation (finite, resize + normalise: `eval_inputs`) and image files for
+prediction (the evaluation's decoding and preprocessing).
 
 Determinism and resume. Every training example has a position `g` in the
 stream, and everything random about it is a function of `(seed, g)`. For the
@@ -28,24 +29,15 @@ from step k, for any number of parallel map calls.
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import jax
 import numpy as np
 import tensorflow as tf
 
-from ssd_jax.data import augment, sources, synthetic, voc_folder
+from ssd_jax.data import augment, dataset, sources
 
 _log = logging.getLogger(__name__)
-
-SOURCES = ("synthetic", "tfds_voc", "tfds_coco", "voc_folder")
-DEFAULT_SPLITS = {
-  # source: (train_split, eval_split)
-  "synthetic": ("train", "eval"),
-  "tfds_voc": ("07+12", "test07"),
-  "tfds_coco": ("train", "validation"),
-  "voc_folder": ("trainval", "test"),
-}
 
 
 def configure_tensorflow() -> None:
@@ -62,114 +54,23 @@ def _plain(fn):
   return tf.autograph.experimental.do_not_convert(fn)
 
 
-def _get(cfg, key, default=None):
-  value = cfg.get(key, default) if hasattr(cfg, "get") else default
-  return default if value is None else value
+def eval_inputs(image: tf.Tensor, image_size: int) -> tf.Tensor:
+  """The evaluation preprocessing of one decoded image (resize, normalise).
 
-
-def _source(cfg) -> str:
-  source = _get(cfg, "source")
-  if source not in SOURCES:
-    raise ValueError(f"data.source must be one of {SOURCES}, got {source!r}")
-  return source
-
-
-def class_names(data_cfg) -> list[str]:
-  """The dataset's class names, without background (num_classes = len + 1).
+  The one definition of what the network sees at evaluation: the eval
+  pipeline and prediction on image files (`create_image_file_iterator`) both
+  call it. Boxes in normalised coordinates are unchanged by it.
 
   Args:
-    data_cfg: the data ConfigDict (see `ssd_jax.data`).
+    image: uint8 [H, W, 3] RGB.
+    image_size: model input side.
 
   Returns:
-    `data_cfg.class_names` (list or comma-separated string) when set, else
-    the source's own names: the synthetic shapes, the 20 VOC classes, the 80
-    COCO classes, or a VOC folder's `classes.txt` (else the VOC classes).
+    float32 [S, S, 3] normalised (`augment.eval_preprocess`), S =
+    image_size; `ssd_jax.data.image.denormalize` gives back its pixels.
   """
-  source = _source(data_cfg)
-  explicit = _get(data_cfg, "class_names")
-  if explicit:
-    return voc_folder.folder_class_names("", explicit)
-  if source == "synthetic":
-    return list(synthetic.SHAPE_NAMES)
-  if source == "tfds_voc":
-    return list(voc_folder.VOC_CLASSES)
-  if source == "tfds_coco":
-    return list(sources.COCO_CLASSES)
-  return voc_folder.folder_class_names(_get(data_cfg, "root", ""))
-
-
-def _split(cfg, train: bool) -> str:
-  key = "train_split" if train else "eval_split"
-  return _get(cfg, key, DEFAULT_SPLITS[_source(cfg)][0 if train else 1])
-
-
-def _table(cfg, train: bool) -> dict:
-  """A random-access source as padded numpy arrays (see synthetic/voc)."""
-  source = _source(cfg)
-  if source == "synthetic":
-    return synthetic.synthetic_arrays(
-      seed=int(_get(cfg, "synthetic_seed", 0)),
-      num_images=int(
-        _get(cfg, "num_train" if train else "num_eval", 2000 if train else 200)
-      ),  # fmt: skip
-      split="train" if train else "eval",
-      image_size=int(_get(cfg, "synthetic_image_size", 128)),
-      max_objects=int(_get(cfg, "max_objects", 5)),
-      min_size=float(_get(cfg, "min_object_size", 0.1)),
-      max_size=float(_get(cfg, "max_object_size", 0.5)),
-    )
-  root = _get(cfg, "root")
-  if not root:
-    raise ValueError("data.root must name the VOC folder for voc_folder")
-  records = voc_folder.index_voc_folder(
-    root, _split(cfg, train), _get(cfg, "class_names")
-  )
-  return voc_folder.records_to_arrays(records)
-
-
-def _table_lookup(table: dict):
-  """Returns (N, fn(index) -> example dict of tf tensors)."""
-  tensors = {
-    k: tf.constant(v.astype(bytes) if v.dtype == object else v)
-    for k, v in table.items()
-  }
-  n = len(table["num_boxes"])
-
-  def lookup(i):
-    g = tensors["num_boxes"][i]
-    if "image" in tensors:
-      image = tensors["image"][i]
-    else:
-      data = tf.io.read_file(tensors["image_path"][i])
-      image = tf.io.decode_image(data, channels=3, expand_animations=False)
-    return {
-      "image": image,
-      "boxes": tensors["boxes"][i][:g],
-      "labels": tensors["labels"][i][:g],
-      "difficult": tensors["difficult"][i][:g],
-      "is_crowd": tensors["is_crowd"][i][:g],
-      "image_id": tensors["image_id"][i],
-      "original_size": tensors["original_size"][i],
-    }
-
-  return n, lookup
-
-
-def _tfds_parts(cfg, train: bool, shard=(0, 1)):
-  """Returns (raw tfds datasets, one per split part; decode fn)."""
-  source = _source(cfg)
-  name, default = ("voc", "2007") if source == "tfds_voc" else ("coco", "2017")
-  parts = sources.load_tfds_parts(
-    name,
-    _split(cfg, train),
-    default,
-    data_dir=_get(cfg, "data_dir") or None,  # "" = tfds default.
-    shard=shard,
-    skip_decoding=bool(_get(cfg, "tfds_skip_decoding", True)),
-  )
-  if source == "tfds_voc":
-    return parts, sources.decode_voc
-  return parts, lambda r: sources.decode_coco(r, training=train)
+  pixels = augment.eval_preprocess(image, image_size)
+  return tf.ensure_shape(pixels, [image_size, image_size, 3])
 
 
 def _tfds_epochs(parts, seed: int, buffer: int, start: int):
@@ -223,7 +124,7 @@ def _pad(x: tf.Tensor, size: int) -> tf.Tensor:
 def _options(cfg) -> tf.data.Options:
   options = tf.data.Options()
   options.deterministic = True
-  threads = int(_get(cfg, "num_threads", os.cpu_count() or 1))
+  threads = int(dataset.field(cfg, "num_threads", os.cpu_count() or 1))
   options.threading.private_threadpool_size = threads
   options.threading.max_intra_op_parallelism = 1
   options.autotune.enabled = True
@@ -231,7 +132,7 @@ def _options(cfg) -> tf.data.Options:
 
 
 def _augment_config(cfg) -> augment.AugmentConfig:
-  overrides = _get(cfg, "augment_config", {})
+  overrides = dataset.field(cfg, "augment_config", {})
   overrides = dict(overrides.to_dict() if hasattr(overrides, "to_dict")
                    else overrides)  # fmt: skip
   for key in ("contrast_range", "saturation_range", "min_ious"):
@@ -303,9 +204,9 @@ def create_train_iterator(
   devices = num_devices or jax.local_device_count()
   host, hosts = jax.process_index(), jax.process_count()
   batch = check_batch_split(global_batch_size, devices, hosts)
-  max_boxes = int(_get(data_cfg, "max_boxes", 100))
-  train_difficult = bool(_get(data_cfg, "train_difficult", True))
-  use_augment = bool(_get(data_cfg, "augment", True))
+  max_boxes = int(dataset.field(data_cfg, "max_boxes", 100))
+  train_difficult = bool(dataset.field(data_cfg, "train_difficult", True))
+  use_augment = bool(dataset.field(data_cfg, "augment", True))
   aug_cfg = _augment_config(data_cfg)
   base = tf.constant([seed, 1], tf.int64)
 
@@ -331,9 +232,9 @@ def create_train_iterator(
       "labels": _pad(tf.cast(labels, tf.int32), max_boxes),
     }
 
-  parallel = _get(data_cfg, "num_parallel_calls", tf.data.AUTOTUNE)
-  if _source(data_cfg) in ("synthetic", "voc_folder"):
-    n, lookup = _table_lookup(_table(data_cfg, train=True))
+  parallel = dataset.field(data_cfg, "num_parallel_calls", tf.data.AUTOTUNE)
+  if dataset.source(data_cfg) in ("synthetic", "voc_folder"):
+    n, lookup = dataset.table_lookup(dataset.table(data_cfg, train=True))
 
     def position(local):  # Local counter -> global position g and index.
       step, j = local // batch, local % batch
@@ -349,8 +250,8 @@ def create_train_iterator(
       _plain(position), num_parallel_calls=parallel, deterministic=True
     )
   else:
-    parts, decode = _tfds_parts(data_cfg, True, (host, hosts))
-    buffer = int(_get(data_cfg, "shuffle_buffer", 2048))
+    parts, decode = dataset.tfds_parts(data_cfg, True, (host, hosts))
+    buffer = int(dataset.field(data_cfg, "shuffle_buffer", 2048))
     start = start_step * batch
     ds = _tfds_epochs(parts, seed, buffer, start).enumerate(start)
     ds = ds.map(
@@ -366,7 +267,7 @@ def create_train_iterator(
     }
 
   ds = ds.batch(batch, drop_remainder=True).map(_plain(to_devices))
-  ds = ds.prefetch(int(_get(data_cfg, "prefetch", 2)))
+  ds = ds.prefetch(int(dataset.field(data_cfg, "prefetch", 2)))
   return ds.with_options(_options(data_cfg)).as_numpy_iterator()
 
 
@@ -376,9 +277,10 @@ def create_eval_iterator(
   """The finite evaluation stream: every example once, in order.
 
   Not sharded over hosts or devices. The last batch is padded with zero
-  examples marked invalid. Boxes keep their normalised coordinates (a
-  resize does not change them); `original_size` maps them back to pixels
-  (`ssd_jax.data.normalized_to_voc_pixels` for `evaluate_voc`).
+  examples marked invalid. Each image goes through `eval_inputs`. Boxes keep
+  their normalised coordinates (a resize does not change them);
+  `original_size` maps them back to pixels
+  (`ssd_jax.data.image.normalized_to_voc_pixels` for `evaluate_voc`).
 
   Args:
     data_cfg: the data ConfigDict. `eval_max_boxes` (default `max_boxes`)
@@ -389,7 +291,7 @@ def create_eval_iterator(
 
   Returns:
     Iterator of numpy dicts: "image" float32 [B, H, W, 3] normalised,
-    "raw_image" uint8 [B, H, W, 3] (resized), "boxes" float32 [B, M, 4],
+    "boxes" float32 [B, M, 4],
     "labels" int32 [B, M] (0 = padding), "difficult" and "is_crowd" bool
     [B, M], "num_boxes" int32 [B] (before cutting to M), "image_id" str [B]
     ("" for padding), "original_size" int32 [B, 2] (h, w), "valid" bool [B].
@@ -397,18 +299,12 @@ def create_eval_iterator(
   configure_tensorflow()
   if batch_size <= 0:
     raise ValueError(f"batch_size must be positive, got {batch_size}")
-  max_boxes = int(
-    _get(data_cfg, "eval_max_boxes", _get(data_cfg, "max_boxes", 100))
-  )
-  mean = tf.constant(augment.MEAN_RGB, tf.float32)
+  max_boxes = int(dataset.field(data_cfg, "max_boxes", 100))
+  max_boxes = int(dataset.field(data_cfg, "eval_max_boxes", max_boxes))
 
   def process(ex):
-    image = augment.eval_preprocess(ex["image"], image_size)
-    image = tf.ensure_shape(image, [image_size, image_size, 3])
-    raw = tf.cast(tf.clip_by_value(tf.round(image + mean), 0, 255), tf.uint8)
     return {
-      "image": image,
-      "raw_image": raw,
+      "image": eval_inputs(ex["image"], image_size),
       "boxes": _pad(tf.reshape(ex["boxes"], [-1, 4]), max_boxes),
       "labels": _pad(tf.cast(ex["labels"], tf.int32), max_boxes),
       "difficult": _pad(ex["difficult"], max_boxes),
@@ -418,14 +314,14 @@ def create_eval_iterator(
       "original_size": tf.cast(ex["original_size"], tf.int32),
     }
 
-  parallel = _get(data_cfg, "num_parallel_calls", tf.data.AUTOTUNE)
-  if _source(data_cfg) in ("synthetic", "voc_folder"):
-    n, lookup = _table_lookup(_table(data_cfg, train=False))
+  parallel = dataset.field(data_cfg, "num_parallel_calls", tf.data.AUTOTUNE)
+  if dataset.source(data_cfg) in ("synthetic", "voc_folder"):
+    n, lookup = dataset.table_lookup(dataset.table(data_cfg, train=False))
     ds = tf.data.Dataset.range(n).map(
       _plain(lambda i: process(lookup(i))), num_parallel_calls=parallel
     )
   else:
-    parts, decode = _tfds_parts(data_cfg, train=False)
+    parts, decode = dataset.tfds_parts(data_cfg, train=False)
     raw = parts[0]
     for other in parts[1:]:
       raw = raw.concatenate(other)
@@ -458,3 +354,38 @@ def _padded_batches(batches, batch_size: int, max_boxes: int):
         for k, v in b.items()
       }
     yield b
+
+
+def create_image_file_iterator(
+  paths: Sequence[str], *, image_size: int
+) -> Iterator[dict]:
+  """Image files through the evaluation preprocessing, one by one, in order.
+
+  Each file is decoded as the file-based eval sources decode theirs
+  (`dataset.read_image_file`) and preprocessed by `eval_inputs`, inside
+  tf.data as the eval pipeline does, so an image of the eval set gives the
+  network the same input either way.
+
+  Args:
+    paths: image files.
+    image_size: model input side S.
+
+  Returns:
+    Iterator of numpy dicts, one per path: "image" float32 [S, S, 3]
+    normalised, "original" uint8 [H, W, 3] (the decoded file).
+
+  Raises:
+    ValueError: when `paths` is empty.
+  """
+  configure_tensorflow()
+  if not paths:
+    raise ValueError("create_image_file_iterator needs at least one path")
+
+  def process(path):
+    original = dataset.read_image_file(path)
+    image = eval_inputs(original, image_size)
+    return {"image": image, "original": original}
+
+  ds = tf.data.Dataset.from_tensor_slices(tf.constant(list(paths)))
+  ds = ds.map(_plain(process)).prefetch(2)
+  return ds.as_numpy_iterator()

@@ -134,8 +134,16 @@ def dataset_size(ds: tf.data.Dataset) -> int:
   return int(ds.reduce(tf.constant(0, tf.int64), lambda c, _: c + 1))
 
 
-def _decode_image(image: tf.Tensor) -> tf.Tensor:
-  """Encoded bytes or an already decoded uint8 image -> uint8 [H, W, 3]."""
+def decode_image(image: tf.Tensor) -> tf.Tensor:
+  """The one image decoder of the package's sources.
+
+  Args:
+    image: encoded bytes (scalar tf.string: JPEG, PNG, BMP, GIF (first
+      frame)) or an already decoded uint8 image [H, W, 1 or 3].
+
+  Returns:
+    uint8 [H, W, 3] RGB (grey expanded to three channels).
+  """
   if image.dtype == tf.string:
     image = tf.io.decode_image(image, channels=3, expand_animations=False)
   image = tf.cast(image, tf.uint8)
@@ -177,7 +185,7 @@ def decode_voc(raw: dict) -> dict:
     1..20, "difficult" bool [G], "is_crowd" bool [G] (False), "image_id"
     string (file name without extension), "original_size" int32 [2]}.
   """
-  image = _decode_image(raw["image"])
+  image = decode_image(raw["image"])
   size = tf.shape(image)[:2]
   h, w = tf.cast(size[0], tf.float32), tf.cast(size[1], tf.float32)
   bbox, label, difficult = _objects(
@@ -213,7 +221,7 @@ def decode_coco(raw: dict, *, training: bool) -> dict:
     As `decode_voc`, labels in 1..80; for evaluation `is_crowd` marks the
     crowd boxes, which are also `difficult`.
   """
-  image = _decode_image(raw["image"])
+  image = decode_image(raw["image"])
   bbox, label, crowd = _objects(raw["objects"], ("bbox", "label", "is_crowd"))
   bbox = tf.reshape(tf.cast(bbox, tf.float32), [-1, 4])
   boxes = tf.gather(bbox, [1, 0, 3, 2], axis=-1)

@@ -12,8 +12,9 @@ covers the continuous interval [k - 1, k), so the box covers
 
     x_min = (xmin - 1) / W,  x_max = xmax / W   (the same for y with H).
 
-The width is then (xmax - xmin + 1) / W, exactly the devkit's width, and the
-mapping back is `normalized_to_voc_pixels`. (tfds `voc` divides the raw
+The width is then (xmax - xmin + 1) / W, exactly the devkit's width; the
+conversions both ways are `ssd_jax.data.image.voc_pixels_to_normalized` and
+`normalized_to_voc_pixels`. (tfds `voc` divides the raw
 values by W without the -1; `sources.py` corrects that the same way.)
 
 Bad input. Every problem names the file: a missing split file, annotation
@@ -33,6 +34,8 @@ from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
+
+from ssd_jax.data.image import voc_pixels_to_normalized
 
 VOC_CLASSES = (
   "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
@@ -62,50 +65,6 @@ class VocRecord(NamedTuple):
   labels: np.ndarray
   difficult: np.ndarray
   original_size: tuple[int, int]
-
-
-def voc_pixels_to_normalized(boxes_px, original_size) -> np.ndarray:
-  """VOC 1-based inclusive pixel boxes to normalised corners.
-
-  Args:
-    boxes_px: [..., 4] (xmin, ymin, xmax, ymax), 1-based inclusive pixels.
-    original_size: (height, width) of the image in pixels.
-
-  Returns:
-    [..., 4] float32 `((xmin - 1) / W, (ymin - 1) / H, xmax / W, ymax / H)`.
-  """
-  h, w = original_size
-  b = np.asarray(boxes_px, np.float64)
-  if b.size == 0 and b.shape[-1:] != (4,):
-    b = b.reshape(0, 4)  # An empty list of boxes.
-  scale = np.asarray([w, h, w, h], np.float64)
-  shift = np.asarray([1.0, 1.0, 0.0, 0.0])
-  return ((b - shift) / scale).astype(np.float32)
-
-
-def normalized_to_voc_pixels(boxes, original_size) -> np.ndarray:
-  """Normalised corners to VOC 1-based inclusive pixel boxes.
-
-  The inverse of `voc_pixels_to_normalized`: the boxes `evaluate_voc` (VOC
-  devkit convention, widths `xmax - xmin + 1`) expects, from the model's
-  normalised detections and an image's `original_size`. Values are not
-  rounded, so widths and IoUs are preserved exactly.
-
-  Args:
-    boxes: [..., 4] float corners normalised to [0, 1].
-    original_size: (height, width), or [..., 2] broadcasting against the
-      leading dimensions of `boxes`.
-
-  Returns:
-    [..., 4] float32 `(x_min * W + 1, y_min * H + 1, x_max * W, y_max * H)`.
-  """
-  b = np.asarray(boxes, np.float64)
-  size = np.asarray(original_size, np.float64)
-  h, w = size[..., 0:1], size[..., 1:2]  # [..., 1]
-  if size.ndim > 1:  # [N, 2] with boxes [N, K, 4]: broadcast over K.
-    h, w = h[..., None, :], w[..., None, :]
-  scale = np.concatenate([w, h, w, h], -1)  # [..., 4]
-  return (b * scale + np.asarray([1.0, 1.0, 0.0, 0.0])).astype(np.float32)
 
 
 def read_class_names(path: str) -> list[str]:

@@ -1,148 +1,54 @@
-"""SSD: the VGG16 trunk, extra feature layers and multibox heads.
+"""SSD = backbone + extra blocks + heads, with its default-box config.
 
-Source maps, in order: conv4_3 (L2-normalised, learnable scale), fc7, then
-the second conv of each extra block (conv8_2, conv9_2, ... in the paper's
-names). Each map has a 3x3 convolution for box offsets (4 per default box)
-and one for class logits (`num_classes` per default box). Head outputs are
-reshaped from `[B, H, W, A * K]` to `[B, H * W * A, K]` (channel `a * K + k`
-is default box `a`, column `k`) and concatenated map by map, which is the
-order of `ssd_jax.default_boxes.default_boxes`: map, row-major location, box
-kind (min square, sqrt(min * max) square, then each ratio and its
-transpose).
+The parts, each in its own module:
+- backbone (`backbones/vgg.py`, `VGG16Backbone`): the source maps conv4_3
+  (L2-normalised, learnable scale) and fc7;
+- extra blocks (`extras.py`, `ExtraLayers`): one more source map per block
+  (conv8_2, conv9_2, ... in the paper's names);
+- heads (`heads.py`, `MultiboxHeads`): offsets and logits per default box,
+  in the order of `ssd_jax.default_boxes.default_boxes`;
+- default boxes (`resolved_prior_config`, `priors`): a
+  `default_boxes.PriorConfig` whose feature sizes are the network's maps.
 
 SSD300 and SSD512 are the Caffe release's architectures and default boxes.
-Other input sizes build extra blocks by a rule (see `extra_blocks`) and take
-their default boxes from the actual feature map sizes with the paper's scale
-rule (`ssd_jax.default_boxes.paper_sizes`).
+Other input sizes build extra blocks by a rule (see `extras.extra_blocks`)
+and take their default boxes from the actual feature map sizes with the
+paper's scale rule (`default_boxes.paper_prior_config`).
+
+The parts share the SSD's parameter scope (`flax.linen.share_scope`), so the
+tree is flat as it always was (`vgg`, `conv4_3_norm`, `conv8_1`, ...,
+`loc_0`, `conf_0`, ...) and checkpoints written before the parts were split
+restore unchanged. Another backbone (e.g. ResNet-50 or MobileNetV3) slots in
+as a module in `backbones/` returning its source maps, with its own extra
+blocks, heads (`MultiboxHeads`, or a new head module where they differ) and
+default-box config; a BatchNorm backbone also takes a `train` argument and
+keeps `batch_stats` beside `params`.
 """
 
 import functools
-from typing import Any, NamedTuple
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 from ssd_jax.default_boxes import (
-  SSD300_COCO_PRIORS,
+  NAMED_PRIORS,
   SSD300_PRIORS,
-  SSD512_COCO_PRIORS,
   SSD512_PRIORS,
   PriorConfig,
   boxes_per_location,
-  default_boxes,
-  paper_sizes,
+  paper_prior_config,
+  prior_boxes,
 )
-from ssd_jax.models.vgg import VGG16, scaled_channels, vgg16_feature_sizes
-
-
-class TorchvisionPriorConfig(PriorConfig):
-  """A PriorConfig whose boxes clamp only (w, h) to [0, 1], not the centres.
-
-  torchvision's `DefaultBoxGenerator(clip=True)` clamps the width/height
-  pairs and leaves centres as they are (SSD300's 10x10 map with step 32 has
-  its last centres at 9.5 * 32 / 300 = 1.013); `default_boxes(clip=True)`
-  clamps all four values. `boxes()` reproduces torchvision.
-  """
-
-  __slots__ = ()
-
-  def boxes(self) -> np.ndarray:
-    """[P, 4] float32 (cx, cy, w, h), w and h clamped to [0, 1]."""
-    boxes = default_boxes(**self._replace(clip=False)._asdict())
-    if self.clip:
-      boxes[:, 2:] = np.clip(boxes[:, 2:], 0.0, 1.0)
-    return boxes
-
-
-def prior_boxes(config: PriorConfig) -> np.ndarray:
-  """Default boxes of a config: `default_boxes(**config)`, or `boxes()`.
-
-  Args:
-    config: a PriorConfig (or TorchvisionPriorConfig).
-
-  Returns:
-    [P, 4] float32 (cx, cy, w, h).
-  """
-  if isinstance(config, TorchvisionPriorConfig):
-    return config.boxes()
-  return default_boxes(**config._asdict())
-
-
-# The default boxes of torchvision's `ssd300_vgg16` COCO model: scales
-# (0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05) of 300 (the release's COCO
-# sizes 21, 45, 99, ...), the same grid, steps, ratios and box order as
-# SSD300_PRIORS, torchvision's clamping. Use them with weights from
-# `ssd_jax.weights.from_torchvision_ssd300`.
-TORCHVISION_SSD300_PRIORS = TorchvisionPriorConfig(
-  *SSD300_PRIORS._replace(
-    min_sizes=(21.0, 45.0, 99.0, 153.0, 207.0, 261.0),
-    max_sizes=(45.0, 99.0, 153.0, 207.0, 261.0, 315.0),
-  )
+from ssd_jax.models.backbones.vgg import VGG16Backbone
+from ssd_jax.models.extras import (
+  ExtraLayers,
+  extra_blocks,
+  extra_feature_sizes,
 )
-
-
-class ExtraBlock(NamedTuple):
-  """An extra feature block: 1x1 conv to `mid`, then a `kernel` conv to `out`.
-
-  Channel counts are before the width multiplier; both convs use ReLU.
-  """
-
-  mid: int
-  out: int
-  kernel: int
-  stride: int
-  padding: int
-
-
-# ssd_pascal_512.py: four 3x3 stride-2 blocks and a last 4x4 conv, padding 1.
-SSD512_EXTRAS = (
-  ExtraBlock(256, 512, 3, 2, 1),
-  ExtraBlock(128, 256, 3, 2, 1),
-  ExtraBlock(128, 256, 3, 2, 1),
-  ExtraBlock(128, 256, 3, 2, 1),
-  ExtraBlock(128, 256, 4, 1, 1),
-)
-
-
-def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
-  """Side of a convolution output (floor rounding, symmetric padding)."""
-  return (size + 2 * padding - kernel) // stride + 1
-
-
-def extra_blocks(image_size: int) -> tuple[ExtraBlock, ...]:
-  """The extra feature blocks after fc7 for a square input.
-
-  512 gives the release's SSD512 blocks. Any other size follows a rule that
-  reproduces the release's SSD300 blocks at 300: from the fc7 side, a 3x3
-  stride-2 (padding 1) block while the map is larger than 5, then 3x3
-  unpadded blocks while it is at least 3, then a 2x2 unpadded block if it
-  is 2; it stops at 1x1. The first block is 256 -> 512 channels, the rest
-  128 -> 256.
-
-  Args:
-    image_size: input side in pixels.
-
-  Returns:
-    The blocks in order (SSD300: 4, SSD512: 5).
-  """
-  if image_size == 512:
-    return SSD512_EXTRAS
-  _, size = vgg16_feature_sizes(image_size)
-  blocks = []
-  while size > 1:
-    mid, out = (128, 256) if blocks else (256, 512)
-    if size > 5:
-      block = ExtraBlock(mid, out, 3, 2, 1)
-    elif size >= 3:
-      block = ExtraBlock(mid, out, 3, 1, 0)
-    else:
-      block = ExtraBlock(mid, out, 2, 1, 0)
-    blocks.append(block)
-    size = conv_output_size(size, block.kernel, block.stride, block.padding)
-  return tuple(blocks)
+from ssd_jax.models.heads import MultiboxHeads
 
 
 def feature_sizes(image_size: int) -> tuple[int, ...]:
@@ -155,22 +61,18 @@ def feature_sizes(image_size: int) -> tuple[int, ...]:
     One side per source map: 300 gives (38, 19, 10, 5, 3, 1), 512 gives
     (64, 32, 16, 8, 4, 2, 1).
   """
-  conv4_3, size = vgg16_feature_sizes(image_size)
-  sizes = [conv4_3, size]
-  for block in extra_blocks(image_size):
-    size = conv_output_size(size, block.kernel, block.stride, block.padding)
-    sizes.append(size)
-  return tuple(sizes)
+  sizes = VGG16Backbone.feature_sizes(image_size)
+  return sizes + extra_feature_sizes(sizes[-1], extra_blocks(image_size))
 
 
 def default_prior_config(image_size: int) -> PriorConfig:
   """The default-box configuration of an SSD with this input size.
 
   300 and 512 give the release's `SSD300_PRIORS` / `SSD512_PRIORS`. Other
-  sizes use the actual feature map sizes, steps `image_size / side`, the
-  paper's scale rule (`paper_sizes`: conv4_3 at 0.1, then 0.2 .. 0.9) and
-  the release's ratio pattern: (2,) on the first and last two maps, (2, 3)
-  in between.
+  sizes use the actual feature map sizes with
+  `default_boxes.paper_prior_config`: steps `image_size / side`, the paper's
+  scale rule (conv4_3 at 0.1, then 0.2 .. 0.9) and the release's ratio
+  pattern: (2,) on the first and last two maps, (2, 3) in between.
 
   Args:
     image_size: input side in pixels.
@@ -186,64 +88,16 @@ def default_prior_config(image_size: int) -> PriorConfig:
   if image_size == 512:
     return SSD512_PRIORS
   sizes = feature_sizes(image_size)
-  n = len(sizes)
-  if n < 3 or min(sizes) < 1:
+  if len(sizes) < 3 or min(sizes) < 1:
     raise ValueError(
       f"image_size={image_size} is too small for SSD: source maps {sizes};"
       " need at least 3 maps of side >= 1 (image_size >= 32)"
     )
-  min_sizes, max_sizes = paper_sizes(image_size, n)
-  return PriorConfig(
-    image_size=image_size,
-    feature_sizes=sizes,
-    steps=tuple(image_size / f for f in sizes),
-    min_sizes=min_sizes,
-    max_sizes=max_sizes,
-    aspect_ratios=((2.0,),) + ((2.0, 3.0),) * (n - 3) + ((2.0,), (2.0,)),
-  )
-
-
-class L2Norm(nn.Module):
-  """Per-location L2 normalisation over channels with a learnable scale.
-
-  `y = scale * x / sqrt(sum_c x^2 + eps)`, computed in float32 (ParseNet,
-  as the SSD release applies it to conv4_3; eps as Caffe's Normalize layer).
-
-  Attributes:
-    scale_init: initial value of every channel's scale (20 in SSD).
-    eps: added to the sum of squares.
-    dtype: output dtype.
-    param_dtype: dtype of the scale.
-  """
-
-  scale_init: float = 20.0
-  eps: float = 1e-10
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """Normalises x.
-
-    Args:
-      x: [..., C] features.
-
-    Returns:
-      [..., C] normalised and scaled features in `dtype`.
-    """
-    scale = self.param(
-      "scale",
-      nn.initializers.constant(self.scale_init),
-      (x.shape[-1],),
-      self.param_dtype,
-    )
-    x = x.astype(jnp.float32)
-    inv_norm = lax.rsqrt(jnp.sum(x * x, -1, keepdims=True) + self.eps)
-    return (x * inv_norm * scale.astype(jnp.float32)).astype(self.dtype)
+  return paper_prior_config(image_size, sizes)
 
 
 class SSD(nn.Module):
-  """The SSD detector on a VGG16 trunk.
+  """The SSD detector on a VGG16 backbone.
 
   Parameters (a flat tree): `vgg` (conv1_1 .. conv5_3, fc6, fc7, each with
   `kernel` HWIO and `bias`), `conv4_3_norm/scale`, the extra convs
@@ -303,20 +157,24 @@ class SSD(nn.Module):
     """
     return prior_boxes(self.resolved_prior_config())
 
-  def _conv(self, channels, kernel, name, stride=1, padding=1) -> nn.Conv:
-    return nn.Conv(
-      channels,
-      (kernel, kernel),
-      strides=(stride, stride),
-      padding=padding,
-      dtype=self.dtype,
-      param_dtype=self.param_dtype,
-      kernel_init=nn.initializers.xavier_uniform(),
-      bias_init=nn.initializers.zeros,
-      name=name,
+  def setup(self):
+    config = self.resolved_prior_config()
+    layer = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    self.backbone = VGG16Backbone(
+      width=self.width, cpu_fast_ops=self.cpu_fast_ops, **layer
     )
+    self.extras = ExtraLayers(
+      extra_blocks(self.image_size), width=self.width, **layer
+    )
+    self.heads = MultiboxHeads(
+      self.num_classes,
+      tuple(boxes_per_location(r) for r in config.aspect_ratios),
+      **layer,
+    )
+    # One flat parameter tree (see the module docstring).
+    for part in (self.backbone, self.extras, self.heads):
+      nn.share_scope(self, part)
 
-  @nn.compact
   def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Predicts box offsets and class logits for every default box.
 
@@ -342,59 +200,15 @@ class SSD(nn.Module):
         f"SSD(image_size={self.image_size}) expects images of shape "
         f"[B, {self.image_size}, {self.image_size}, 3], got {images.shape}"
       )
-    config = self.resolved_prior_config()
-    conv4_3, x = VGG16(
-      width=self.width,
-      dtype=self.dtype,
-      param_dtype=self.param_dtype,
-      cpu_fast_ops=self.cpu_fast_ops,
-      name="vgg",
-    )(images)
-    sources = [
-      L2Norm(
-        dtype=self.dtype, param_dtype=self.param_dtype, name="conv4_3_norm"
-      )(conv4_3),
-      x,
-    ]
-    for i, block in enumerate(extra_blocks(self.image_size)):
-      name = f"conv{8 + i}"
-      x = self._conv(
-        scaled_channels(block.mid, self.width), 1, f"{name}_1", padding=0
-      )(x)
-      x = nn.relu(x)
-      x = self._conv(
-        scaled_channels(block.out, self.width),
-        block.kernel,
-        f"{name}_2",
-        stride=block.stride,
-        padding=block.padding,
-      )(x)
-      x = nn.relu(x)
-      sources.append(x)
-
-    locs, logits = [], []
-    for k, (source, ratios) in enumerate(
-      zip(sources, config.aspect_ratios, strict=True)
-    ):
-      a = boxes_per_location(ratios)
-      batch = source.shape[0]
-      loc = self._conv(a * 4, 3, f"loc_{k}")(source)  # [B, H, W, A*4]
-      conf = self._conv(a * self.num_classes, 3, f"conf_{k}")(source)
-      locs.append(loc.reshape(batch, -1, 4))  # [B, H*W*A, 4]
-      logits.append(conf.reshape(batch, -1, self.num_classes))
-    return jnp.concatenate(locs, 1), jnp.concatenate(logits, 1)
+    sources = self.backbone(images)  # [conv4_3 (normalised), fc7]
+    extras = self.extras(sources[-1])  # [conv8_2, conv9_2, ...]
+    return self.heads([*sources, *extras])
 
 
 SSD300 = functools.partial(SSD, image_size=300)
 SSD512 = functools.partial(SSD, image_size=512)
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-# model.priors -> {image_size: PriorConfig}; None = default_prior_config.
-_PRIORS = {
-  "default": None,
-  "coco": {300: SSD300_COCO_PRIORS, 512: SSD512_COCO_PRIORS},
-  "torchvision": {300: TORCHVISION_SSD300_PRIORS},
-}
 _FIXED_SIZES = {"ssd300": 300, "ssd512": 512}
 
 
@@ -406,13 +220,13 @@ def from_config(model_cfg: Any, num_classes: int) -> SSD:
       "ssd"), `image_size` (must be 300 / 512 for the named variants, may
       be omitted for them), `width` (default 1.0), `dtype` ("float32" |
       "bfloat16", default "float32"), and optionally `param_dtype` (default
-      "float32") and `priors` ("default": the release's VOC sizes or the
-      paper's rule; "coco": the release's COCO sizes, SSD300/SSD512 only;
-      "torchvision": the default boxes of torchvision's COCO SSD300, for
-      imported torchvision weights), and
-      `cpu_fast_ops` ("auto" | "true" | "false" or a bool, default "auto":
-      on when JAX's default backend is the CPU; selects the CPU-friendly
-      max-pool gradient, `cpu_ops.max_pool`).
+      "float32") and `priors` (a name of `default_boxes.NAMED_PRIORS`:
+      "default": the release's VOC sizes or the paper's rule; "coco": the
+      release's COCO sizes, SSD300/SSD512 only; "torchvision": the default
+      boxes of torchvision's COCO SSD300, for imported torchvision weights),
+      and `cpu_fast_ops` ("auto" | "true" | "false" or a bool, default
+      "auto": on when JAX's default backend is the CPU; selects the
+      CPU-friendly max-pool gradient, `cpu_ops.max_pool`).
     num_classes: classes including background.
 
   Returns:
@@ -438,14 +252,15 @@ def from_config(model_cfg: Any, num_classes: int) -> SSD:
         f"model.{field} must be one of {sorted(_DTYPES)}; got {cfg[field]!r}"
       )
   priors = cfg.get("priors", "default")
-  if priors not in _PRIORS:
+  if priors not in NAMED_PRIORS:
     raise ValueError(
-      f"model.priors must be one of {sorted(_PRIORS)}; got {priors!r}"
+      f"model.priors must be one of {sorted(NAMED_PRIORS)}; got {priors!r}"
     )
-  if _PRIORS[priors] is not None and int(image_size) not in _PRIORS[priors]:
+  by_size = NAMED_PRIORS[priors]
+  if by_size is not None and int(image_size) not in by_size:
     raise ValueError(
       f"model.priors={priors!r} exists for image sizes "
-      f"{sorted(_PRIORS[priors])}, not model.image_size={image_size}"
+      f"{sorted(by_size)}, not model.image_size={image_size}"
     )
   if num_classes < 2:
     raise ValueError(
@@ -465,5 +280,5 @@ def from_config(model_cfg: Any, num_classes: int) -> SSD:
     width=float(cfg.get("width", 1.0)),
     dtype=_DTYPES[cfg.get("dtype", "float32")],
     param_dtype=_DTYPES[cfg.get("param_dtype", "float32")],
-    prior_config=_PRIORS[priors] and _PRIORS[priors][int(image_size)],
+    prior_config=by_size and by_size[int(image_size)],
   )

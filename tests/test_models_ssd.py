@@ -1,21 +1,32 @@
-"""Tests for ssd_jax.models: shapes, box order, parameter count, precision.
+"""Tests for ssd_jax/models/ssd.py: the assembled SSD and `from_config`.
 
 Full-size models are checked with `jax.eval_shape` (no computation); the
-numerical checks use tiny widths and inputs to stay fast on a CPU.
+numerical checks use tiny widths and inputs to stay fast on a CPU. The
+parameter trees and outputs of SSD300, SSD512 and the shapes models are
+compared with `tests/data/models_reference.*`, recorded by the code before
+the model was split into parts (commit d8675ba): a checkpoint written by
+that code restores into this one.
+
+`python tests/test_models_ssd.py --record` rewrites the reference (only
+for a deliberate change of architecture).
 """
 
 import itertools
+import json
 import math
+import pathlib
+import sys
+import zlib
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from flax import traverse_util
 
 from ssd_jax import default_boxes as db
 from ssd_jax import models
-from ssd_jax.models import vgg
 
 # Tiny model for numerical checks: 64x64 input, 1/16 of the channels.
 TINY = dict(num_classes=3, image_size=64, width=1 / 16)
@@ -126,16 +137,6 @@ def test_feature_sizes_equal_real_maps_and_priors_agree(size):
   assert priors.shape == (expected_p, 4)
   assert loc.shape == (1, expected_p, 4)
   assert logits.shape == (1, expected_p, 4)
-
-
-def test_release_extra_blocks_at_300():
-  blocks = models.extra_blocks(300)
-  assert [tuple(b) for b in blocks] == [
-    (256, 512, 3, 2, 1),
-    (128, 256, 3, 2, 1),
-    (128, 256, 3, 1, 0),
-    (128, 256, 3, 1, 0),
-  ]
 
 
 def test_default_prior_config_other_sizes_follow_paper_rule():
@@ -270,34 +271,6 @@ def test_init_xavier_uniform_zero_bias_scale_20():
   assert kernels == 15 + 2 * 2 + 2 * 4  # trunk, extras (4 -> 2 -> 1), heads
 
 
-def test_l2norm_matches_numpy_and_is_finite_at_zero():
-  x = np.random.default_rng(0).normal(size=(2, 3, 3, 5)).astype(np.float32)
-  x[0, 0, 0] = 0.0
-  layer = models.L2Norm()
-  variables = layer.init(jax.random.key(0), x)
-  y = np.asarray(layer.apply(variables, x))
-  norm = np.sqrt((x.astype(np.float64) ** 2).sum(-1, keepdims=True))
-  ref = 20.0 * x / np.maximum(norm, 1e-5)
-  np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-6)
-  assert np.all(y[0, 0, 0] == 0)
-  grads = jax.grad(lambda v, x: layer.apply(v, x).sum(), argnums=(0, 1))(
-    variables, x
-  )
-  assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
-
-
-def test_ceil_mode_pool_matches_loop():
-  x = np.random.default_rng(1).normal(size=(1, 5, 7, 2)).astype(np.float32)
-  y = np.asarray(vgg.max_pool_2x2(jnp.asarray(x), ceil_mode=True))
-  assert y.shape == (1, 3, 4, 2)
-  for i in range(3):
-    for j in range(4):
-      window = x[0, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2]
-      np.testing.assert_array_equal(y[0, i, j], window.max((0, 1)))
-  assert vgg.max_pool_2x2(jnp.asarray(x)).shape == (1, 2, 3, 2)
-  assert vgg.vgg16_feature_sizes(300) == (38, 19)
-
-
 def test_bfloat16_compute_with_float32_params(tiny):
   model, params, x = tiny
   model16 = models.SSD(**TINY, dtype=jnp.bfloat16)
@@ -367,24 +340,6 @@ def test_from_config_variants_and_errors():
     models.from_config({"name": "ssd300"}, 1)
 
 
-def test_bench_model_smoke(capsys, load_experiment):
-  """experiments/bench_model.py runs end to end on a tiny model."""
-  bench = load_experiment("bench_model")
-  bench.main(
-    [
-      "--image-size=64",
-      "--width=0.0625",
-      "--num-classes=3",
-      "--batch-sizes=1",
-      "--dtypes=float32",
-      "--train-batch=1",
-      "--repeats=1",
-    ]
-  )
-  out = capsys.readouterr().out
-  assert "forward float32" in out and "train step float32" in out
-
-
 def test_cpu_fast_ops_same_outputs_and_gradients():
   """The CPU-friendly max-pool gradient changes speed, not results."""
   plain = models.SSD(num_classes=3, image_size=64, width=0.125)
@@ -432,3 +387,145 @@ def test_from_config_coco_priors():
     models.from_config({"name": "ssd", "image_size": 96, "priors": "coco"}, 81)
   with pytest.raises(ValueError, match="model.priors='torchvision'"):
     models.from_config({"name": "ssd512", "priors": "torchvision"}, 91)
+
+
+# --- Parameter trees and outputs recorded with the code before the split ----
+
+# name -> (model config, num_classes, whether to record a forward pass).
+REFERENCE_MODELS = {
+  "ssd300_voc": ({"name": "ssd300"}, 21, True),
+  "ssd512_voc": ({"name": "ssd512"}, 21, True),
+  "ssd300_coco": ({"name": "ssd300", "priors": "coco"}, 81, False),
+  "ssd512_coco": ({"name": "ssd512", "priors": "coco"}, 81, False),
+  "ssd300_torchvision": (
+    {"name": "ssd300", "priors": "torchvision"},
+    91,
+    False,
+  ),
+  "shapes": ({"name": "ssd", "image_size": 96, "width": 0.25}, 4, True),
+  "shapes_small": ({"name": "ssd", "image_size": 64, "width": 0.125}, 4, True),
+}
+REFERENCE_ROWS = 256  # rows of outputs and priors stored per model
+REFERENCE_FILE = pathlib.Path(__file__).parent / "data" / "models_reference"
+
+
+def _reference_model(name):
+  cfg, num_classes, _ = REFERENCE_MODELS[name]
+  return models.from_config(cfg | {"cpu_fast_ops": False}, num_classes)
+
+
+def _param_shapes(model):
+  """Flattened params path ("vgg/conv1_1/kernel") -> shape list."""
+  x = jnp.zeros((1, model.image_size, model.image_size, 3))
+  params = jax.eval_shape(model.init, jax.random.key(0), x)["params"]
+  flat = traverse_util.flatten_dict(params, sep="/")
+  return {k: list(v.shape) for k, v in sorted(flat.items())}
+
+
+def _reference_params(shapes):
+  """Deterministic params from the paths alone: one numpy seed per path."""
+  out = {}
+  for path, shape in shapes.items():
+    rng = np.random.default_rng(zlib.crc32(path.encode()))
+    if path.endswith("/kernel"):
+      std = math.sqrt(2.0 / math.prod(shape[:-1]))
+      out[path] = rng.normal(0, std, shape).astype(np.float32)
+    elif path.endswith("/scale"):
+      out[path] = rng.uniform(10, 30, shape).astype(np.float32)
+    else:
+      out[path] = rng.normal(0, 0.1, shape).astype(np.float32)
+  return traverse_util.unflatten_dict(out, sep="/")
+
+
+def _reference_arrays(name):
+  """Priors (and outputs, on a fixed input) at evenly spread rows."""
+  model = _reference_model(name)
+  priors = model.priors()
+  rows = np.linspace(0, len(priors) - 1, REFERENCE_ROWS).round().astype(int)
+  out = {"rows": rows, "priors": priors[rows]}
+  out["priors_sum"] = priors.astype(np.float64).sum(0)
+  if REFERENCE_MODELS[name][2]:
+    size = model.image_size
+    x = np.random.default_rng(size).normal(0, 1, (1, size, size, 3))
+    params = _reference_params(_param_shapes(model))
+    loc, logits = jax.jit(model.apply)({"params": params}, x.astype(np.float32))
+    for key, value in [("loc", loc[0]), ("logits", logits[0])]:
+      value = np.asarray(value)
+      out[key] = value[rows]
+      out[f"{key}_sum"] = value.astype(np.float64).sum(0)
+  return out
+
+
+def record_reference(path=REFERENCE_FILE):
+  """Writes `path`.json (param shapes) and `path`.npz (priors, outputs)."""
+  trees, arrays = {}, {}
+  for name in REFERENCE_MODELS:
+    trees[name] = _param_shapes(_reference_model(name))
+    for key, value in _reference_arrays(name).items():
+      arrays[f"{name}/{key}"] = value
+  pathlib.Path(f"{path}.json").write_text(json.dumps(trees, indent=1) + "\n")
+  np.savez_compressed(f"{path}.npz", **arrays)
+
+
+@pytest.fixture(scope="module")
+def reference():
+  trees = json.loads(pathlib.Path(f"{REFERENCE_FILE}.json").read_text())
+  with np.load(f"{REFERENCE_FILE}.npz") as data:
+    arrays = {k: data[k] for k in data.files}
+  return trees, arrays
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_MODELS))
+def test_param_tree_equals_the_recorded_one(name, reference):
+  """Same paths and shapes as before the split: old checkpoints restore."""
+  trees, _ = reference
+  assert _param_shapes(_reference_model(name)) == trees[name]
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_MODELS))
+def test_priors_and_outputs_equal_the_recorded_ones(name, reference):
+  _, arrays = reference
+  got = _reference_arrays(name)
+  want = {
+    k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith(f"{name}/")
+  }
+  assert sorted(got) == sorted(want)
+  np.testing.assert_array_equal(got["rows"], want["rows"])
+  for key in sorted(got):
+    scale = max(1.0, float(np.abs(want[key]).max()))
+    # The same computation: equal to float32 rounding of the values.
+    np.testing.assert_allclose(
+      got[key], want[key], rtol=0, atol=1e-6 * scale, err_msg=key
+    )
+
+
+def test_models_reexports_every_name_it_exported():
+  names = [
+    "SSD",
+    "SSD300",
+    "SSD512",
+    "TORCHVISION_SSD300_PRIORS",
+    "VGG16",
+    "L2Norm",
+    "TorchvisionPriorConfig",
+    "default_prior_config",
+    "extra_blocks",
+    "feature_sizes",
+    "from_config",
+    "prior_boxes",
+  ]
+  assert all(hasattr(models, n) for n in names)
+  assert models.TORCHVISION_SSD300_PRIORS is db.TORCHVISION_SSD300_PRIORS
+  assert models.prior_boxes is db.prior_boxes
+  from ssd_jax.models.ssd import SSD300  # experiments/bench_layers.py
+
+  assert SSD300(num_classes=3).image_size == 300
+
+
+if __name__ == "__main__":
+  if sys.argv[1:] != ["--record"]:
+    sys.exit("usage: python tests/test_models_ssd.py --record")
+  from ssd_jax import runtime  # as tests/conftest.py, before JAX starts
+
+  runtime.apply_xla_cpu_flags()
+  record_reference()

@@ -4,16 +4,22 @@ The SSD authors' "reduced fc" VGG16 (Liu et al., 2016, Sec. 3): pool3 rounds
 up (Caffe's ceil mode, so a 300 input gives a 38x38 conv4_3), pool5 is a 3x3
 max pool with stride 1 and padding 1, fc6 is a 3x3 convolution with 1024
 channels and dilation 6 (a trous), fc7 a 1x1 convolution with 1024 channels.
-Inputs are NHWC; parameters are HWIO kernels and biases.
+conv4_3's activations are much larger than fc7's, so SSD L2-normalises them
+with a learnable per-channel scale (ParseNet) before its heads read them:
+`VGG16Backbone` is the trunk plus that normalisation, returning the two
+source maps. Inputs are NHWC; parameters are HWIO kernels and biases.
 """
 
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from ssd_jax.models import cpu_ops
+from ssd_jax.models.layers import conv, scaled_channels
 
 # (name, output channels) of the 13 VGG16 convolutions, grouped by stage.
 VGG16_STAGES = (
@@ -24,11 +30,6 @@ VGG16_STAGES = (
   (("conv5_1", 512), ("conv5_2", 512), ("conv5_3", 512)),
 )
 FC_CHANNELS = 1024
-
-
-def scaled_channels(channels: int, width: float) -> int:
-  """Channel count after the width multiplier: `max(1, round(c * width))`."""
-  return max(1, int(round(channels * width)))
 
 
 def pool_size(size: int, ceil_mode: bool = False) -> int:
@@ -86,20 +87,17 @@ class VGG16(nn.Module):
   """
 
   width: float = 1.0
-  dtype: jnp.dtype = jnp.float32
-  param_dtype: jnp.dtype = jnp.float32
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
   cpu_fast_ops: bool = False
 
   def _conv(self, channels, kernel, name, **kwargs) -> nn.Conv:
-    return nn.Conv(
+    return conv(
       scaled_channels(channels, self.width),
       kernel,
-      padding=kwargs.pop("padding", 1),
+      name,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
-      kernel_init=nn.initializers.xavier_uniform(),
-      bias_init=nn.initializers.zeros,
-      name=name,
       **kwargs,
     )
 
@@ -122,13 +120,94 @@ class VGG16(nn.Module):
         # pool3 rounds up.
         x = max_pool_2x2(x, stage == 3, cpu_fast_ops=self.cpu_fast_ops)
       for name, channels in layers:
-        x = nn.relu(self._conv(channels, (3, 3), name)(x))
+        x = nn.relu(self._conv(channels, 3, name)(x))
       if stage == 3:
         conv4_3 = x
     x = nn.max_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)))
-    x = self._conv(
-      FC_CHANNELS, (3, 3), "fc6", padding=6, kernel_dilation=(6, 6)
-    )(x)
-    x = nn.relu(x)
-    x = nn.relu(self._conv(FC_CHANNELS, (1, 1), "fc7", padding=0)(x))
+    x = nn.relu(self._conv(FC_CHANNELS, 3, "fc6", padding=6, dilation=6)(x))
+    x = nn.relu(self._conv(FC_CHANNELS, 1, "fc7", padding=0)(x))
     return conv4_3, x
+
+
+class L2Norm(nn.Module):
+  """Per-location L2 normalisation over channels with a learnable scale.
+
+  `y = scale * x / sqrt(sum_c x^2 + eps)`, computed in float32 (ParseNet,
+  as the SSD release applies it to conv4_3; eps as Caffe's Normalize layer).
+
+  Attributes:
+    scale_init: initial value of every channel's scale (20 in SSD).
+    eps: added to the sum of squares.
+    dtype: output dtype.
+    param_dtype: dtype of the scale.
+  """
+
+  scale_init: float = 20.0
+  eps: float = 1e-10
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """Normalises x.
+
+    Args:
+      x: [..., C] features.
+
+    Returns:
+      [..., C] normalised and scaled features in `dtype`.
+    """
+    scale = self.param(
+      "scale",
+      nn.initializers.constant(self.scale_init),
+      (x.shape[-1],),
+      self.param_dtype,
+    )
+    x = x.astype(jnp.float32)
+    inv_norm = lax.rsqrt(jnp.sum(x * x, -1, keepdims=True) + self.eps)
+    return (x * inv_norm * scale.astype(jnp.float32)).astype(self.dtype)
+
+
+class VGG16Backbone(nn.Module):
+  """SSD's VGG16 backbone: the trunk and conv4_3's L2Norm, two source maps.
+
+  Parameters: `vgg` (the `VGG16` trunk) and `conv4_3_norm/scale`.
+
+  Attributes:
+    width: channel multiplier (1.0 is VGG16).
+    dtype: computation dtype; the maps come in it.
+    param_dtype: parameter dtype.
+    cpu_fast_ops: the trunk's CPU-friendly pool gradient (see `VGG16`).
+  """
+
+  width: float = 1.0
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  cpu_fast_ops: bool = False
+
+  @staticmethod
+  def feature_sizes(image_size: int) -> tuple[int, int]:
+    """Sides of the two source maps; see `vgg16_feature_sizes`."""
+    return vgg16_feature_sizes(image_size)
+
+  def setup(self):
+    self.vgg = VGG16(
+      width=self.width,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      cpu_fast_ops=self.cpu_fast_ops,
+    )
+    self.conv4_3_norm = L2Norm(dtype=self.dtype, param_dtype=self.param_dtype)
+
+  def __call__(self, images: jax.Array) -> list[jax.Array]:
+    """Computes the source maps.
+
+    Args:
+      images: [B, H, W, 3] normalised images.
+
+    Returns:
+      [conv4_3 [B, h4, w4, 512 * width] after L2Norm, fc7 [B, h7, w7,
+      1024 * width]], in `dtype` (h4 = 38, h7 = 19 for H = 300).
+    """
+    conv4_3, fc7 = self.vgg(images)
+    return [self.conv4_3_norm(conv4_3), fc7]

@@ -1,4 +1,4 @@
-"""Import torchvision weights into this package's SSD parameters.
+"""Converters from torchvision's weights to this package's SSD parameters.
 
 Two sources, both given as a mapping from torchvision's own key names to
 numpy arrays (a "state dict"):
@@ -9,7 +9,8 @@ numpy arrays (a "state dict"):
   every 4th output unit and every 3rd spatial tap (rows/columns 0, 3, 6),
   giving a 3x3x512x1024 kernel used with dilation 6; fc7 (4096 x 4096) keeps
   every 4th output and every 4th input unit, giving 1x1x1024x1024. The
-  result is a partial tree; merge it into a fresh init with `merge_params`.
+  result is a partial tree; merge it into a fresh init with
+  `ssd_jax.weights.io.merge_params`.
 - `from_torchvision_ssd300`: torchvision's `ssd300_vgg16` (COCO: 91 classes,
   ids as torchvision's COCO category ids, 0 background) -> every parameter of
   `SSD300(num_classes=C, prior_config=TORCHVISION_SSD300_PRIORS)`.
@@ -26,25 +27,16 @@ torchvision's DefaultBoxGenerator orders boxes per map, row-major (y outer,
 x inner), and at each location (s_k, s_k), (s'_k, s'_k), then for each
 ratio r (s_k sqrt(r), s_k / sqrt(r)) and its transpose, which is
 `ssd_jax.default_boxes` order; its heads view channels as (anchor, column)
-with the anchor major, as our reshape of NHWC channels does; its box coder
-weights (10, 10, 5, 5) on (dx, dy, dw, dh) are our variances (0.1, 0.2) on
-(cx, cy, w, h). Its boxes differ from SSD300_PRIORS only in size (scales
-0.07, 0.15, ... 1.05 of 300): `TORCHVISION_SSD300_PRIORS` reproduces them.
+with the anchor major, as our reshape of NHWC channels does
+(`ssd_jax.models.heads`); its box coder weights (10, 10, 5, 5) on (dx, dy,
+dw, dh) are our variances (0.1, 0.2) on (cx, cy, w, h). Its boxes differ
+from SSD300_PRIORS only in size (scales 0.07, 0.15, ... 1.05 of 300):
+`TORCHVISION_SSD300_PRIORS` reproduces them.
 
-Files: `.npz` and `.safetensors` (when the `safetensors` package is
-installed) load without torch; `.pth`/`.pt` load only when torch is
-installed, always with `torch.load(weights_only=True)`.
-
-Command line (writes an orbax checkpoint of `{"params": ...}` for
-`config.init_from`)::
-
-  python -m ssd_jax.weights --from torchvision-vgg16 vgg16.pth OUT_DIR
-  python -m ssd_jax.weights --from torchvision-ssd300 ssd300.pth OUT_DIR
+Every key of the state dict is accounted for: a missing, unexpected or
+misshapen key is an error that names it.
 """
 
-import argparse
-import importlib.util
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -53,8 +45,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from ssd_jax.models.ssd import SSD, TORCHVISION_SSD300_PRIORS
-from ssd_jax.models.vgg import VGG16, VGG16_STAGES
+from ssd_jax.default_boxes import TORCHVISION_SSD300_PRIORS
+from ssd_jax.models.backbones.vgg import VGG16, VGG16_STAGES
+from ssd_jax.models.ssd import SSD
 
 Params = dict[str, Any]
 
@@ -259,164 +252,8 @@ def num_classes_of_ssd300(state_dict: Mapping[str, Any]) -> int:
   return channels // 4
 
 
-def merge_params(
-  params: Params, loaded: Params, skip_mismatched: bool = False
-) -> Params:
-  """Overwrites leaves of a fresh init with loaded (possibly partial) ones.
-
-  Args:
-    params: the model's full params tree (e.g. from `model.init`).
-    loaded: a tree whose every path exists in `params` (e.g. the output of
-      `from_torchvision_vgg16` or `load_params`).
-    skip_mismatched: keep the fresh value where shapes differ (e.g. class
-      heads of a model with another class count) instead of raising.
-
-  Returns:
-    A tree shaped like `params`: loaded leaves cast to the fresh leaf's
-    dtype, the others unchanged.
-
-  Raises:
-    KeyError: naming a loaded path that the model does not have.
-    ValueError: naming a path whose shapes differ (unless skip_mismatched).
-  """
-  flat = traverse_util.flatten_dict(params, sep="/")
-  for path, value in traverse_util.flatten_dict(loaded, sep="/").items():
-    if path not in flat:
-      raise KeyError(f"loaded parameter {path!r} is not in the model")
-    if np.shape(value) != np.shape(flat[path]):
-      if skip_mismatched:
-        continue
-      raise ValueError(
-        f"shape mismatch for {path!r}: loaded {np.shape(value)}, model "
-        f"{np.shape(flat[path])}"
-      )
-    flat[path] = jnp.asarray(value, dtype=flat[path].dtype)
-  return traverse_util.unflatten_dict(flat, sep="/")
-
-
-def load_state_dict(path: str) -> dict[str, np.ndarray]:
-  """Reads a state dict file as numpy arrays.
-
-  Args:
-    path: `.npz`, `.safetensors` (needs the safetensors package) or
-      `.pth`/`.pt` (needs torch; read with `weights_only=True`).
-
-  Returns:
-    Key -> float32 numpy array.
-
-  Raises:
-    ValueError: on an unknown suffix or a file that is not a flat mapping
-      of arrays.
-    ImportError: when the package the format needs is missing.
-  """
-  suffix = os.path.splitext(path)[1].lower()
-  if suffix == ".npz":
-    with np.load(path, allow_pickle=False) as data:
-      return {k: np.asarray(data[k], np.float32) for k in data.files}
-  if suffix == ".safetensors":
-    if importlib.util.find_spec("safetensors") is None:
-      raise ImportError(f"{path}: reading .safetensors needs `safetensors`")
-    from safetensors.numpy import load_file
-
-    return {k: np.asarray(v, np.float32) for k, v in load_file(path).items()}
-  if suffix in (".pth", ".pt"):
-    if importlib.util.find_spec("torch") is None:
-      raise ImportError(
-        f"{path}: reading .pth needs torch; convert it to .npz or "
-        ".safetensors where torch is installed"
-      )
-    import torch
-
-    data = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(data, Mapping):
-      raise ValueError(f"{path}: expected a state dict, got {type(data)}")
-    return {k: v.detach().float().numpy() for k, v in data.items()}
-  raise ValueError(
-    f"{path}: unknown weight file type {suffix!r}; use .npz, .safetensors "
-    "or .pth"
-  )
-
-
-def save_params(path: str, params: Params, source: str = "") -> None:
-  """Writes `{"params": params}` as an orbax checkpoint directory.
-
-  Args:
-    path: new directory (made absolute; must not exist).
-    params: a params tree of arrays.
-    source: recorded in the checkpoint's custom metadata.
-
-  Raises:
-    FileExistsError: if `path` exists.
-  """
-  import orbax.checkpoint as ocp
-
-  path = os.path.abspath(path)
-  if os.path.exists(path):
-    raise FileExistsError(f"{path} exists; choose a new checkpoint path")
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(
-    path, {"params": params}, custom_metadata={"source": source}
-  )
-  checkpointer.wait_until_finished()
-
-
-def load_params(path: str) -> Params:
-  """Reads the params of a checkpoint written by `save_params` / the CLI.
-
-  For `config.init_from`: `merge_params(model.init(...)["params"],
-  load_params(path))`; a torchvision-vgg16 import holds only `vgg` (the
-  trunk), a torchvision-ssd300 import every parameter of its SSD300.
-
-  Args:
-    path: checkpoint directory.
-
-  Returns:
-    The params tree, numpy arrays.
-
-  Raises:
-    FileNotFoundError: if `path` does not exist.
-    ValueError: if the checkpoint has no "params" entry.
-  """
-  import orbax.checkpoint as ocp
-
-  path = os.path.abspath(path)
-  if not os.path.isdir(path):
-    raise FileNotFoundError(f"no checkpoint directory at {path}")
-  restored = ocp.StandardCheckpointer().restore(path)
-  if not isinstance(restored, Mapping) or "params" not in restored:
-    raise ValueError(f"{path}: checkpoint has no 'params' entry")
-  return restored["params"]
-
-
-_CONVERTERS = {
+# `--from` names of the command line -> converter.
+CONVERTERS = {
   "torchvision-vgg16": from_torchvision_vgg16,
   "torchvision-ssd300": from_torchvision_ssd300,
 }
-
-
-def main(argv: list[str] | None = None) -> None:
-  """Command line: convert a torchvision weight file to an orbax checkpoint."""
-  parser = argparse.ArgumentParser(
-    prog="python -m ssd_jax.weights", description=__doc__.split("\n")[0]
-  )
-  parser.add_argument("--from", dest="source", choices=sorted(_CONVERTERS))
-  parser.add_argument("input", help=".pth, .npz or .safetensors state dict")
-  parser.add_argument("output", help="new orbax checkpoint directory")
-  parser.add_argument(
-    "--width",
-    type=float,
-    default=1.0,
-    help="channel multiplier of the weights (1.0 for torchvision's)",
-  )
-  args = parser.parse_args(argv)
-  if args.source is None:
-    parser.error("--from is required")
-  state_dict = load_state_dict(args.input)
-  params = _CONVERTERS[args.source](state_dict, width=args.width)
-  save_params(args.output, params, source=args.source)
-  count = sum(np.size(x) for x in jax.tree.leaves(params))
-  print(f"wrote {count:,} parameters from {args.input} to {args.output}")
-
-
-if __name__ == "__main__":
-  main()

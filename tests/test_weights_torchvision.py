@@ -1,4 +1,4 @@
-"""Tests for ssd_jax.weights: torchvision key mapping, layouts, files, CLI.
+"""Tests for ssd_jax/weights/torchvision.py: key mapping, layouts, forward.
 
 State dicts are built here with random values and the shapes torchvision's
 modules have (written out from torchvision's `vgg16` and `ssd300_vgg16`
@@ -6,7 +6,8 @@ definitions, scaled by a channel width to keep them small); no torch is
 needed. The SSD300 conversion is checked end to end against a forward pass
 written here with torch's semantics (NCHW, OIHW kernels, ceil-mode pool3,
 `F.normalize`, the heads' view/permute), and against torchvision itself
-when it is installed.
+when it is installed. tests/test_weights_cli.py imports the state-dict
+helpers from here.
 """
 
 import importlib.util
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 from jax import lax
 
+from ssd_jax import default_boxes as db
 from ssd_jax import models, weights
 
 WIDTH = 1 / 16
@@ -380,31 +382,17 @@ def test_ssd300_outputs_equal_torch_semantics_forward():
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * scale)
 
 
-def _torchvision_default_boxes():
-  """torchvision DefaultBoxGenerator for ssd300_vgg16, as a numpy loop."""
-  scales = [0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05]
-  ratios = [[2], [2, 3], [2, 3], [2, 3], [2], [2]]
-  steps = [8, 16, 32, 64, 100, 300]
-  out = []
-  for k, f in enumerate([38, 19, 10, 5, 3, 1]):
-    wh = [(scales[k], scales[k])]
-    wh.append((math.sqrt(scales[k] * scales[k + 1]),) * 2)
-    for r in ratios[k]:
-      wh += [(scales[k] * math.sqrt(r), scales[k] / math.sqrt(r))]
-      wh += [(scales[k] / math.sqrt(r), scales[k] * math.sqrt(r))]
-    for y in range(f):
-      for x in range(f):
-        cx, cy = (x + 0.5) * steps[k] / 300, (y + 0.5) * steps[k] / 300
-        out += [[cx, cy, min(w, 1.0), min(h, 1.0)] for w, h in wh]
-  return np.array(out)
+def test_torchvision_priors_are_the_model_priors():
+  """The SSD300 the weights are for uses torchvision's default boxes.
 
-
-def test_torchvision_priors_equal_torchvision_generator():
+  tests/test_default_boxes.py checks `TORCHVISION_SSD300_PRIORS` against a
+  loop written from torchvision's DefaultBoxGenerator.
+  """
   model = models.SSD300(
     num_classes=91, prior_config=models.TORCHVISION_SSD300_PRIORS
   )
-  np.testing.assert_allclose(
-    model.priors(), _torchvision_default_boxes(), atol=1e-6
+  np.testing.assert_array_equal(
+    model.priors(), db.prior_boxes(db.TORCHVISION_SSD300_PRIORS)
   )
 
 
@@ -463,101 +451,10 @@ def test_against_torchvision_vgg16_keys():
   )
 
 
-# --- merge, files, command line ---------------------------------------------
-
-
-def test_merge_params_errors_and_skip():
-  fresh = {"a": {"kernel": np.ones((2, 3), np.float32)}, "b": np.zeros(2)}
-  merged = weights.merge_params(fresh, {"a": {"kernel": np.full((2, 3), 5.0)}})
-  assert merged["a"]["kernel"].dtype == np.float32
-  np.testing.assert_array_equal(merged["a"]["kernel"], 5.0)
-  np.testing.assert_array_equal(merged["b"], 0.0)
-  with pytest.raises(KeyError, match="'c/kernel' is not in the model"):
-    weights.merge_params(fresh, {"c": {"kernel": np.ones(1)}})
-  with pytest.raises(ValueError, match=r"shape mismatch for 'a/kernel'"):
-    weights.merge_params(fresh, {"a": {"kernel": np.ones((3, 3))}})
-  kept = weights.merge_params(
-    fresh, {"a": {"kernel": np.ones((3, 3))}}, skip_mismatched=True
-  )
-  np.testing.assert_array_equal(kept["a"]["kernel"], 1.0)
-  assert weights.merge_params(fresh, {})["b"].shape == (2,)
-
-
-def test_load_state_dict_formats(tmp_path):
-  sd = {"features.0.weight": np.arange(6, dtype=np.float64).reshape(2, 3)}
-  np.savez(tmp_path / "w.npz", **sd)
-  loaded = weights.load_state_dict(str(tmp_path / "w.npz"))
-  assert loaded["features.0.weight"].dtype == np.float32
-  np.testing.assert_array_equal(
-    loaded["features.0.weight"], sd["features.0.weight"]
-  )
-  with pytest.raises(ValueError, match=r"w\.bin: unknown weight file type"):
-    weights.load_state_dict(str(tmp_path / "w.bin"))
-  if importlib.util.find_spec("torch") is None:
-    with pytest.raises(ImportError, match=r"w\.pth: reading \.pth needs torch"):
-      weights.load_state_dict(str(tmp_path / "w.pth"))
-  if importlib.util.find_spec("safetensors") is None:
-    with pytest.raises(ImportError, match="safetensors"):
-      weights.load_state_dict(str(tmp_path / "w.safetensors"))
-  else:
-    from safetensors.numpy import save_file
-
-    save_file(
-      {"x": np.ones((2, 2), np.float32)}, str(tmp_path / "w.safetensors")
-    )
-    assert weights.load_state_dict(str(tmp_path / "w.safetensors"))[
-      "x"
-    ].shape == (2, 2)
-
-
-def test_command_line_writes_loadable_checkpoint(tmp_path):
-  sd = random_state_dict(tv_ssd300_shapes(5, WIDTH))
-  np.savez(tmp_path / "ssd.npz", **sd)
-  out = tmp_path / "ckpt"
-  weights.main(
-    [
-      "--from",
-      "torchvision-ssd300",
-      "--width",
-      str(WIDTH),
-      str(tmp_path / "ssd.npz"),
-      str(out),
-    ]
-  )
-  loaded = weights.load_params(str(out))
-  expected = weights.from_torchvision_ssd300(sd, width=WIDTH)
-  assert jax.tree.structure(loaded) == jax.tree.structure(expected)
-  for a, b in zip(
-    jax.tree.leaves(loaded), jax.tree.leaves(expected), strict=True
-  ):
-    np.testing.assert_array_equal(a, b)
-  with pytest.raises(FileExistsError, match="ckpt exists"):
-    weights.main(
-      [
-        "--from",
-        "torchvision-ssd300",
-        "--width",
-        str(WIDTH),
-        str(tmp_path / "ssd.npz"),
-        str(out),
-      ]
-    )
-  with pytest.raises(FileNotFoundError, match="no checkpoint directory"):
-    weights.load_params(str(tmp_path / "nothing"))
-
-  vgg_sd = random_state_dict(tv_vgg16_shapes(WIDTH))
-  np.savez(tmp_path / "vgg.npz", **vgg_sd)
-  weights.main(
-    [
-      "--from",
-      "torchvision-vgg16",
-      "--width",
-      str(WIDTH),
-      str(tmp_path / "vgg.npz"),
-      str(tmp_path / "vgg"),
-    ]
-  )
-  partial = weights.load_params(str(tmp_path / "vgg"))
-  np.testing.assert_array_equal(
-    _oihw(partial["vgg"]["conv3_2"]["kernel"]), vgg_sd["features.12.weight"]
-  )
+def test_converters_of_the_command_line():
+  assert weights.CONVERTERS == {
+    "torchvision-vgg16": weights.from_torchvision_vgg16,
+    "torchvision-ssd300": weights.from_torchvision_ssd300,
+  }
+  sd = {"head.classification_head.module_list.0.weight": np.zeros((84, 1))}
+  assert weights.num_classes_of_ssd300(sd) == 21

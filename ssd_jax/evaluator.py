@@ -1,0 +1,252 @@
+"""The evaluator: jitted forward, host decoding, mAP, results file, pictures.
+
+The device runs the network and the softmax (`predict`, jitted once per
+model value and input shape); the host decodes and runs per-class NMS
+(`postprocess.decode_detections_batch`), then scores with
+`evaluation.evaluate_voc` / `evaluate_coco`. After each evaluation the workdir
+holds `eval_results.json` ({"step", "mAP", "per_class_ap": {name: AP},
+"num_images", and the COCO metrics for metric "coco"}), and `pictures/` holds
+the per-class precision-recall plot (`pr_curves.png`, curves from
+`evaluation.precision_recall`, the code that computes the AP) and detections
+drawn on held-out images (`detections.png`).
+"""
+
+import json
+import math
+import os
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from ssd_jax import evaluation, postprocess, visualize
+from ssd_jax.data import image as image_lib
+from ssd_jax.data import pipeline
+
+EVAL_RESULTS = "eval_results.json"
+PICTURES = "pictures"
+
+
+def predict(
+  model: Any, params: Any, images: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+  """Network forward and softmax.
+
+  Args:
+    model: the flax module (hashable: equal modules are equal values, so it
+      can be a static argument of `jax.jit`).
+    params: model parameters.
+    images: [B, H, W, 3] float32 normalised images.
+
+  Returns:
+    loc: [B, P, 4] float32 offsets; probs: [B, P, C] float32 class
+    probabilities (column 0 background).
+  """
+  loc, logits = model.apply({"params": params}, images)
+  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+  return loc.astype(jnp.float32), probs
+
+
+# One compiled predict per (model value, input shape), shared by every
+# Evaluator: equal modules hash equal, so a new but equal model object reuses
+# the compile.
+predict_jit = jax.jit(predict, static_argnums=0)
+
+
+class EvalResult(NamedTuple):
+  """One evaluation.
+
+  Attributes:
+    step: training step evaluated.
+    mAP: the headline metric (VOC mAP@0.5, or COCO AP for metric "coco").
+    per_class_ap: class name -> AP@0.5 (NaN for classes without GT).
+    num_images: number of evaluated images.
+    extra: other metrics (COCO AP50, AP75, ... when metric is "coco").
+  """
+
+  step: int
+  mAP: float
+  per_class_ap: dict[str, float]
+  num_images: int
+  extra: dict[str, float]
+
+
+class Evaluator:
+  """Runs evaluation of parameters on the config's eval split.
+
+  Args:
+    model: the SSD module (`apply`, `priors()`, `image_size`); a flax module,
+      hashed as the static argument of the jitted forward.
+    config: the full config (`data`, `eval`, `variances`).
+    class_names: names of classes 1..C-1.
+  """
+
+  def __init__(
+    self, model: Any, config: ml_collections.ConfigDict, class_names
+  ):
+    self.model = model
+    self.config = config
+    self.class_names = list(class_names)
+    self.priors = np.asarray(model.priors(), np.float32)
+
+  def detect(
+    self, params: Any, images: np.ndarray, valid: np.ndarray | None = None
+  ) -> list[postprocess.Detections]:
+    """Detections for a batch of normalised images (boxes in [0, 1]).
+
+    Args:
+      params: model parameters.
+      images: [B, H, W, 3] float32 normalised.
+      valid: optional [B] bool; images with False (batch padding) get no
+        entry in the output.
+
+    Returns:
+      One `Detections` per (valid) image, in batch order: boxes [K, 4]
+      corners in [0, 1] of the network input, scores [K], labels [K] in
+      1..C-1.
+    """
+    ecfg = self.config.eval
+    loc, probs = jax.device_get(predict_jit(self.model, params, images))
+    return postprocess.decode_detections_batch(
+      loc,
+      probs,
+      self.priors,
+      valid,
+      score_threshold=ecfg.score_threshold,
+      nms_threshold=ecfg.nms_threshold,
+      top_k_per_class=ecfg.top_k_per_class,
+      max_detections=ecfg.max_detections,
+      variances=tuple(self.config.variances),
+    )
+
+  def run(
+    self, params: Any, step: int, workdir: str | None = None
+  ) -> EvalResult:
+    """Evaluates on the eval split; writes results and pictures to workdir.
+
+    Args:
+      params: model parameters (host or device).
+      step: the training step (recorded in the results).
+      workdir: where to write `eval_results.json` and `pictures/` (process
+        0 only); None writes nothing.
+
+    Returns:
+      The EvalResult.
+
+    Raises:
+      ValueError: when the eval split is empty.
+    """
+    ecfg = self.config.eval
+    num_classes = len(self.class_names) + 1
+    # "voc": the devkit's 1-based inclusive pixels; "coco": continuous ones.
+    to_pixels = (
+      image_lib.normalized_to_voc_pixels
+      if ecfg.metric == "voc"
+      else image_lib.normalized_to_pixels
+    )
+    dets, gts, pictures = [], [], []
+    batches = pipeline.create_eval_iterator(
+      self.config.data,
+      image_size=self.model.image_size,
+      batch_size=ecfg.batch_size,
+    )
+    for batch in batches:
+      valid = np.asarray(batch.get("valid", np.ones(len(batch["image"]), bool)))
+      index = np.flatnonzero(valid)
+      batch_dets = self.detect(params, batch["image"], valid)
+      side = np.array(batch["image"].shape[2:0:-1] * 2, np.float32)  # SSSS
+      difficult = batch.get("difficult", np.zeros_like(batch["labels"]))
+      for i, d in zip(index, batch_dets, strict=True):
+        size = np.asarray(batch["original_size"][i])  # (h, w)
+        keep = np.asarray(batch["labels"][i]) > 0
+        gt_boxes = np.asarray(batch["boxes"][i], np.float32)[keep]
+        dets.append(
+          (to_pixels(d.boxes, size).reshape(-1, 4), d.scores, d.labels)
+        )
+        gts.append(
+          (
+            to_pixels(gt_boxes, size).reshape(-1, 4),
+            np.asarray(batch["labels"][i])[keep],
+            np.asarray(difficult[i], bool)[keep],
+          )
+        )
+        if len(pictures) < ecfg.num_pictures:
+          raw = image_lib.denormalize(batch["image"][i])  # [S, S, 3] uint8
+          pictures.append((raw, d.boxes * side, d.labels, d.scores))
+    if not dets:
+      raise ValueError(
+        f"The eval split {self.config.data.get('eval_split')!r} of "
+        f"config.data (source {self.config.data.source!r}) is empty"
+      )
+    voc = evaluation.evaluate_voc(
+      dets,
+      gts,
+      num_classes,
+      iou_threshold=0.5,
+      use_07_metric=bool(ecfg.use_07_metric),
+    )
+    per_class = {
+      name: float(voc.per_class_ap[i])
+      for i, name in enumerate(self.class_names)
+    }
+    extra = {}
+    headline = float(voc.mAP)
+    if ecfg.metric == "coco":
+      extra = {
+        k: float(v)
+        for k, v in evaluation.evaluate_coco(dets, gts, num_classes).items()
+      }  # Continuous pixel boxes (`normalized_to_pixels` for "coco").
+      headline = extra["AP"]
+    result = EvalResult(step, headline, per_class, len(dets), extra)
+    logging.info("%s", visualize.format_ap_table(step, headline, per_class))
+    if workdir is not None and jax.process_index() == 0:
+      self._write(result, dets, gts, pictures, workdir)
+    return result
+
+  def _write(self, result, dets, gts, pictures, workdir):
+    """Writes the results file, the PR plot and the detections grid."""
+    os.makedirs(os.path.join(workdir, PICTURES), exist_ok=True)
+    write_eval_results(workdir, result)
+    curves = {
+      name: evaluation.precision_recall(dets, gts, i + 1)
+      for i, name in enumerate(self.class_names)
+      if not math.isnan(result.per_class_ap[name])
+    }
+    plot = visualize.plot_pr_curves(
+      curves, result.per_class_ap, f"step {result.step}  mAP {result.mAP:.4f}"
+    )
+    plot.save(os.path.join(workdir, PICTURES, "pr_curves.png"))
+    if pictures:
+      grid = visualize.detections_grid(pictures, self.class_names)
+      grid.save(os.path.join(workdir, PICTURES, "detections.png"))
+
+
+def write_eval_results(workdir: str, result: EvalResult) -> str:
+  """Writes `workdir/eval_results.json` atomically.
+
+  NaN APs (classes without ground truth) are written as null.
+
+  Args:
+    workdir: an existing folder.
+    result: the evaluation to record.
+
+  Returns:
+    The path written.
+  """
+  clean = lambda v: None if v is None or math.isnan(v) else float(v)
+  record = {
+    "step": int(result.step),
+    "mAP": clean(result.mAP),
+    "per_class_ap": {k: clean(v) for k, v in result.per_class_ap.items()},
+    "num_images": int(result.num_images),
+    **{k: clean(v) for k, v in result.extra.items()},
+  }
+  path = os.path.join(workdir, EVAL_RESULTS)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(record, f, indent=2)
+  os.replace(tmp, path)
+  return path

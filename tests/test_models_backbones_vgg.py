@@ -1,0 +1,78 @@
+"""Tests for ssd_jax/models/backbones/vgg.py: the trunk, L2Norm, sources."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ssd_jax import models
+from ssd_jax.models.backbones import vgg
+
+
+def test_l2norm_matches_numpy_and_is_finite_at_zero():
+  x = np.random.default_rng(0).normal(size=(2, 3, 3, 5)).astype(np.float32)
+  x[0, 0, 0] = 0.0
+  layer = models.L2Norm()
+  variables = layer.init(jax.random.key(0), x)
+  y = np.asarray(layer.apply(variables, x))
+  norm = np.sqrt((x.astype(np.float64) ** 2).sum(-1, keepdims=True))
+  ref = 20.0 * x / np.maximum(norm, 1e-5)
+  np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-6)
+  assert np.all(y[0, 0, 0] == 0)
+  grads = jax.grad(lambda v, x: layer.apply(v, x).sum(), argnums=(0, 1))(
+    variables, x
+  )
+  assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+
+
+def test_ceil_mode_pool_matches_loop():
+  x = np.random.default_rng(1).normal(size=(1, 5, 7, 2)).astype(np.float32)
+  y = np.asarray(vgg.max_pool_2x2(jnp.asarray(x), ceil_mode=True))
+  assert y.shape == (1, 3, 4, 2)
+  for i in range(3):
+    for j in range(4):
+      window = x[0, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2]
+      np.testing.assert_array_equal(y[0, i, j], window.max((0, 1)))
+  assert vgg.max_pool_2x2(jnp.asarray(x)).shape == (1, 2, 3, 2)
+  assert vgg.vgg16_feature_sizes(300) == (38, 19)
+
+
+@pytest.mark.parametrize("size", [300, 512, 75, 33])
+def test_feature_sizes_equal_real_maps(size):
+  trunk = vgg.VGG16(width=1 / 16)
+  x = jnp.zeros((1, size, size, 3))
+  conv4_3, fc7 = jax.eval_shape(trunk.init_with_output, jax.random.key(0), x)[0]
+  assert (conv4_3.shape[1], fc7.shape[1]) == vgg.vgg16_feature_sizes(size)
+  assert conv4_3.shape[1:3] == (conv4_3.shape[1],) * 2
+  assert conv4_3.shape[-1] == 32 and fc7.shape[-1] == 64
+  assert vgg.VGG16Backbone.feature_sizes(size) == vgg.vgg16_feature_sizes(size)
+
+
+def test_backbone_is_trunk_then_l2norm_of_conv4_3():
+  backbone = vgg.VGG16Backbone(width=1 / 16)
+  x = jnp.asarray(np.random.default_rng(0).normal(0, 50, (2, 40, 40, 3)))
+  variables = jax.jit(backbone.init)(jax.random.key(0), x)
+  params = variables["params"]
+  assert set(params) == {"vgg", "conv4_3_norm"}
+  np.testing.assert_array_equal(params["conv4_3_norm"]["scale"], 20.0)
+  scale = np.random.default_rng(1).uniform(10, 30, (32,)).astype(np.float32)
+  params = {**params, "conv4_3_norm": {"scale": scale}}
+  sources = backbone.apply({"params": params}, x)
+  conv4_3, fc7 = models.VGG16(width=1 / 16).apply({"params": params["vgg"]}, x)
+  assert len(sources) == 2
+  np.testing.assert_array_equal(sources[1], fc7)
+  c = np.asarray(conv4_3, np.float64)
+  ref = scale * c / np.sqrt((c * c).sum(-1, keepdims=True) + 1e-10)
+  np.testing.assert_allclose(sources[0], ref, rtol=1e-5, atol=1e-5)
+  assert sources[0].shape == (2, 5, 5, 32) and fc7.shape == (2, 2, 2, 64)
+
+
+def test_trunk_layer_names_and_shapes():
+  params = jax.eval_shape(
+    vgg.VGG16().init, jax.random.key(0), jnp.zeros((1, 32, 32, 3))
+  )["params"]
+  names = [n for stage in vgg.VGG16_STAGES for n, _ in stage]
+  assert list(params) == [*names, "fc6", "fc7"]
+  assert params["conv1_1"]["kernel"].shape == (3, 3, 3, 64)
+  assert params["fc6"]["kernel"].shape == (3, 3, 512, 1024)
+  assert params["fc7"]["kernel"].shape == (1, 1, 1024, 1024)

@@ -1,0 +1,107 @@
+"""Tests for ssd_jax/optim.py: schedule, weight-decay mask, optimizer."""
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from conftest import load_config
+
+from ssd_jax import optim
+
+
+def reference_lr(step, base, warmup, f0, boundaries, factor):
+  lr = base * factor ** sum(step >= b for b in boundaries)
+  if step < warmup:
+    lr *= f0 + (1 - f0) * step / warmup
+  return lr
+
+
+@pytest.mark.parametrize(
+  "warmup,f0,boundaries", [(0, 0.0, ()), (10, 0.1, (20, 30)), (5, 0.0, (3,))]
+)
+def test_learning_rate_schedule_matches_reference(warmup, f0, boundaries):
+  fn = optim.create_learning_rate_schedule(
+    0.01, warmup, f0, boundaries, decay_factor=0.1
+  )
+  for step in range(40):
+    want = reference_lr(step, 0.01, warmup, f0, boundaries, 0.1)
+    np.testing.assert_allclose(float(fn(step)), want, rtol=1e-6)
+
+
+def test_learning_rate_schedule_rejects_bad_values():
+  with pytest.raises(ValueError, match="increasing"):
+    optim.create_learning_rate_schedule(0.1, boundaries=(5, 3))
+  with pytest.raises(ValueError, match="warmup_steps"):
+    optim.create_learning_rate_schedule(0.1, warmup_steps=-1)
+
+
+def test_weight_decay_mask_skips_biases_only():
+  params = {
+    "conv": {"kernel": np.ones((3, 3, 2, 2)), "bias": np.ones(2)},
+    "l2norm": {"scale": np.ones(2)},
+  }
+  mask = optim.weight_decay_mask(params)
+  assert mask == {
+    "conv": {"kernel": True, "bias": False},
+    "l2norm": {"scale": True},
+  }
+
+
+def test_optimizer_applies_caffe_weight_decay_and_momentum():
+  config = load_config("shapes", "small")
+  config.update(
+    optimizer="sgd",
+    warmup_steps=0,
+    grad_clip_norm=0.0,
+    learning_rate=0.1,
+    weight_decay=0.01,
+    momentum=0.9,
+    lr_boundaries=(),
+  )
+  tx, _ = optim.create_optimizer(config)
+  params = {"c": {"kernel": jnp.full((2,), 2.0), "bias": jnp.full((2,), 3.0)}}
+  grads = {"c": {"kernel": jnp.full((2,), 1.0), "bias": jnp.full((2,), 1.0)}}
+  state = tx.init(params)
+  # Step 1: v = g + wd w; w -= lr v. Step 2: v = m v + g + wd w.
+  w_k, v_k, w_b, v_b = 2.0, 0.0, 3.0, 0.0
+  for _ in range(2):
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+    v_k = 0.9 * v_k + 1.0 + 0.01 * w_k
+    w_k -= 0.1 * v_k
+    v_b = 0.9 * v_b + 1.0
+    w_b -= 0.1 * v_b
+  np.testing.assert_allclose(params["c"]["kernel"], w_k, rtol=1e-6)
+  np.testing.assert_allclose(params["c"]["bias"], w_b, rtol=1e-6)
+
+
+def test_gradient_clipping_bounds_the_update():
+  config = load_config("shapes", "small")
+  config.update(
+    optimizer="sgd",
+    warmup_steps=0,
+    grad_clip_norm=1.0,
+    learning_rate=1.0,
+    weight_decay=0.0,
+    momentum=0.0,
+    lr_boundaries=(),
+  )
+  tx, _ = optim.create_optimizer(config)
+  params = {"w": jnp.zeros((4,))}
+  updates, _ = tx.update({"w": jnp.full((4,), 100.0)}, tx.init(params), params)
+  np.testing.assert_allclose(np.linalg.norm(updates["w"]), 1.0, rtol=1e-5)
+
+
+def test_unknown_optimizer_is_named():
+  config = load_config("shapes", "small")
+  config.optimizer = "lamb"
+  with pytest.raises(ValueError, match="config.optimizer"):
+    optim.create_optimizer(config)
+
+
+def test_equal_configs_give_the_same_optimizer_objects():
+  # The step takes tx and the schedule as static arguments: equal configs
+  # must give identical (same-hash) objects so the step compiles once.
+  a = optim.create_optimizer(load_config("shapes", "small"))
+  b = optim.create_optimizer(load_config("shapes", "small"))
+  assert a[0] is b[0] and a[1] is b[1]

@@ -1,0 +1,176 @@
+"""Tests for ssd_jax/step.py: the state, the settings, the pmapped step."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from conftest import REPO, load_config
+
+from ssd_jax import losses, matching, models, step, train
+
+
+def tiny_setup(optimizer="sgd", clip=0.0, lr=0.05):
+  config = load_config("shapes", "small")
+  config.optimizer = optimizer
+  config.grad_clip_norm = clip
+  config.learning_rate = lr
+  config.warmup_steps = 0
+  model = models.SSD(num_classes=4, image_size=64, width=0.125)
+  settings = step.step_settings(model, config)
+  params = train.init_params(model, jax.random.key(0))
+  state = step.create_train_state(params, settings.tx)
+  return config, model, state, settings
+
+
+def tiny_batch(n, seed=0, m=3):
+  """n images [n, 64, 64, 3] with 1..m random boxes each (label 0 padding)."""
+  rng = np.random.default_rng(seed)
+  images = rng.normal(0, 50, (n, 64, 64, 3)).astype(np.float32)
+  xy = rng.uniform(0, 0.6, (n, m, 2))
+  wh = rng.uniform(0.15, 0.4, (n, m, 2))
+  boxes = np.concatenate([xy, xy + wh], -1).astype(np.float32)
+  labels = rng.integers(1, 4, (n, m)).astype(np.int32)
+  count = rng.integers(1, m + 1, n)
+  labels[np.arange(m)[None] >= count[:, None]] = 0
+  boxes[labels == 0] = 0
+  return {"image": images, "boxes": boxes, "labels": labels}
+
+
+def reference_update(model, state, batch, tx):
+  """One unsharded step written out: vmap(match), loss, grad, optax."""
+  priors = jnp.asarray(model.priors())
+
+  def ref_loss(params):
+    loc, logits = model.apply({"params": params}, batch["image"])
+    loc_t, cls_t = jax.vmap(
+      lambda b, lab: matching.match(b, lab, priors, 0.5, (0.1, 0.2))
+    )(batch["boxes"], batch["labels"])
+    return losses.multibox_loss(loc, logits, loc_t, cls_t, 3.0)
+
+  (loss, parts), grads = jax.value_and_grad(ref_loss, has_aux=True)(
+    state.params
+  )
+  updates, _ = tx.update(grads, state.opt_state, state.params)
+  return optax.apply_updates(state.params, updates), loss, parts
+
+
+# Runs with 4 fake CPU devices (XLA_FLAGS must be set before jax starts).
+_FOUR_DEVICES = textwrap.dedent(
+  """
+  import os, sys
+  os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+  sys.path.insert(0, {tests!r})
+  import jax, numpy as np, pytest
+  assert jax.local_device_count() == 4, jax.devices()
+  import test_step as t
+  from ssd_jax import config as config_lib, step
+  config, model, state, settings = t.tiny_setup(clip=0.0)
+  priors = np.asarray(model.priors())
+  batch = t.tiny_batch(8, seed=1)
+  def split(d):
+    return jax.tree.map(lambda x: x.reshape(d, 8 // d, *x.shape[1:]), batch)
+  s1, m1 = step.p_train_step(
+      step.replicate(state, 1), split(1), priors, settings)
+  s4, m4 = step.p_train_step(
+      step.replicate(state, 4), split(4), priors, settings)
+  m1, m4 = step.unreplicate(m1), jax.device_get(m4)
+  # 1 device against the unsharded step written out by hand.
+  want, loss, parts = t.reference_update(model, state, batch, settings.tx)
+  assert int(step.unreplicate(s1.step)) == 1
+  np.testing.assert_allclose(m1["loss"], loss, rtol=1e-5)
+  np.testing.assert_allclose(m1["num_positives"], parts["num_positives"])
+  assert m1["num_positives"] > 0
+  np.testing.assert_allclose(m1["lr"], config.learning_rate, rtol=1e-6)
+  got = step.unreplicate(s1.params)
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  for k in m1:  # Every device reports the same global metrics.
+    np.testing.assert_allclose(m4[k], m1[k], rtol=1e-5, err_msg=k)
+  p0 = jax.tree.leaves(state.params)
+  p1 = jax.tree.leaves(step.unreplicate(s1.params))
+  p4 = jax.device_get(jax.tree.leaves(s4.params))
+  worst = 0.0
+  for a, b, c in zip(p0, p1, p4):
+    for dev in range(4):
+      np.testing.assert_array_equal(c[dev], c[0])  # Replicas agree.
+    d1, d4 = b - a, c[0] - a  # The updates.
+    scale = np.abs(d1).max() + 1e-12
+    worst = max(worst, np.abs(d1 - d4).max() / scale)
+  assert worst < 1e-4, worst
+  config.batch_size = 6
+  with pytest.raises(ValueError, match="multiple of the number of devices"):
+    config_lib.validate_config(config, jax.device_count())
+  print("OK", worst)
+  """
+)
+
+
+@pytest.mark.slow
+def test_pmapped_step_matches_reference_and_four_devices():
+  # 1 device equals the hand-written unsharded step (same float ops up to
+  # the pmean over one device: rtol 1e-5). The same global batch of 8 on 1
+  # device and split 4 x 2: the updates agree to float32 summation-order
+  # error (relative 1e-4 of the largest update of each array).
+  code = _FOUR_DEVICES.format(tests=os.path.join(REPO, "tests"))
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  out = subprocess.run(
+    [sys.executable, "-c", code],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    cwd=REPO,
+  )
+  assert out.returncode == 0, out.stderr[-4000:]
+  assert "OK" in out.stdout
+
+
+def test_train_state_holds_state_only():
+  config, model, state, settings = tiny_setup()
+  assert set(step.TrainState.__dataclass_fields__) == {
+    "step",
+    "params",
+    "opt_state",
+  }
+  # Every field is data (a checkpoint holds exactly these three).
+  leaves = jax.tree.leaves(state)
+  assert len(leaves) == 1 + len(jax.tree.leaves(state.params)) + len(
+    jax.tree.leaves(state.opt_state)
+  )
+  assert int(state.step) == 0
+  # The settings are static and hashable: equal configs, equal settings.
+  again = step.step_settings(model, load_config("shapes", "small"))
+  config.update(warmup_steps=0)
+  assert hash(settings) == hash(step.step_settings(model, config))
+  assert again.iou_threshold == 0.5 and again.variances == (0.1, 0.2)
+  assert again.neg_pos_ratio == 3.0
+
+
+def test_replicated_state_compiles_the_step_once(caplog):
+  # replicate() lays the copies out as pmap lays out its outputs, so the
+  # second call (with the first call's output state) reuses the first
+  # compilation; numpy copies used to compile the whole step twice.
+  config, model, state, settings = tiny_setup(lr=0.01)
+  config.update(warmup_steps=3)  # Another config: a step of its own.
+  settings = step.step_settings(model, config)
+  batch = jax.tree.map(lambda x: x[None], tiny_batch(2, seed=5))
+  priors = np.asarray(model.priors())
+  p_state = step.replicate(state, 1)
+  with jax.log_compiles(True), caplog.at_level("WARNING"):
+    for _ in range(3):
+      p_state, metrics = step.p_train_step(p_state, batch, priors, settings)
+    jax.block_until_ready(metrics)
+  compiles = [
+    r.getMessage()
+    for r in caplog.records
+    if r.getMessage().startswith("Finished XLA compilation")
+  ]
+  assert len(compiles) == 1, compiles
+  assert int(step.unreplicate(p_state.step)) == 3
