@@ -294,3 +294,15 @@ def test_sweep_expands_runs_and_summarises(
   table = sweep.format_table(rows)
   assert len(table.splitlines()) == 4
   assert sweep.main(["--sweep=shapes_tiny", f"--root={tmp_path}"]) == 0
+
+
+def test_gpu_fc6_smoke(load_experiment, capsys):
+  # The three fc6 forms agree (the figures are for a GPU).
+  rows = load_experiment("gpu_fc6").main(["--smoke"])
+  assert [r[0] for r in rows] == [
+    "dilated+bias+relu",
+    "dilated+bias",
+    "phases+bias+relu",
+  ]
+  assert all(r[2] < 1e-4 for r in rows)
+  assert "phases+bias+relu" in capsys.readouterr().out

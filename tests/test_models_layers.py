@@ -1,6 +1,7 @@
 """Tests for ssd_jax/models/layers.py: the shared convolution, the width."""
 
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -77,3 +78,75 @@ def test_conv_dtypes():
   )
   assert y.dtype == jnp.bfloat16
   assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(variables))
+
+
+@pytest.mark.parametrize(
+  "size, kernel, padding, dilation",
+  [
+    ((19, 19), 3, ((6, 6), (6, 6)), 6),  # SSD300's fc6
+    ((32, 32), 3, ((6, 6), (6, 6)), 6),  # SSD512's fc6
+    ((10, 7), 3, ((2, 2), (2, 2)), 2),
+    ((9, 11), 3, ((0, 3), (4, 1)), 3),  # uneven padding, odd sizes
+    ((8, 8), 2, ((0, 0), (0, 0)), 4),
+    ((5, 5), 3, ((1, 1), (1, 1)), 1),  # no dilation: the plain conv
+  ],
+)
+def test_dilated_conv_by_phases_equals_the_dilated_conv(
+  size, kernel, padding, dilation
+):
+  x = jax.random.normal(jax.random.key(0), (2, *size, 3))
+  k = jax.random.normal(jax.random.key(1), (kernel, kernel, 3, 4))
+  got = layers.dilated_conv_by_phases(
+    x, k, padding, dilation, precision=lax.Precision.HIGHEST
+  )
+  want = lax.conv_general_dilated(
+    x,
+    k,
+    (1, 1),
+    padding,
+    rhs_dilation=(dilation, dilation),
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    precision=lax.Precision.HIGHEST,
+  )
+  assert got.shape == want.shape
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def _dilated_convs(fn, *args):
+  """How many convolutions of the jitted HLO have a kernel dilation."""
+  text = jax.jit(fn).lower(*args).as_text()
+  convs = [line for line in text.splitlines() if "convolution(" in line]
+  dilations = [re.findall(r"rhs_dilate = \[(\d+), (\d+)\]", c) for c in convs]
+  dilated = sum(any(int(v) > 1 for pair in d for v in pair) for d in dilations)
+  return dilated, len(convs)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "gpu"])
+def test_conv_takes_the_phases_where_the_backend_asks(backend, monkeypatch):
+  # On the CPU fc6 stays a dilated convolution; on a PHASE_BACKENDS
+  # backend (the GPU) it is an undilated one by phases, with equal results.
+  if backend == "gpu":
+    monkeypatch.setattr(layers, "PHASE_BACKENDS", (jax.default_backend(),))
+  layer = layers.conv(8, 3, "fc6", padding=6, dilation=6, **F32)
+  x = jax.random.normal(jax.random.key(0), (2, 19, 19, 4))
+  params = layer.init(jax.random.key(1), x)["params"]
+  fn = lambda p, x: layer.apply({"params": p}, x)
+  dilated, total = _dilated_convs(fn, params, x)
+  assert total == 1 and dilated == (1 if backend == "cpu" else 0)
+  want = lax.conv_general_dilated(
+    x,
+    params["kernel"],
+    (1, 1),
+    [(6, 6)] * 2,
+    rhs_dilation=(6, 6),
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    precision=lax.Precision.HIGHEST,
+  )
+  np.testing.assert_allclose(fn(params, x), want, rtol=1e-5, atol=1e-5)
+  # Strided, grouped or undilated convolutions are lax's own either way.
+  plain = layers.conv(8, 3, "c", stride=2, **F32)
+  p = plain.init(jax.random.key(2), x)["params"]
+  assert _dilated_convs(lambda p, x: plain.apply({"params": p}, x), p, x) == (
+    0,
+    1,
+  )
