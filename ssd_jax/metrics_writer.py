@@ -1,7 +1,7 @@
 """Training metrics: TensorBoard events, a JSON-lines file, a console line.
 
-Only process 0 writes (every process may call the methods). TensorFlow is
-imported lazily and only for the event files (CPU-only; GPUs hidden from it).
+Only process 0 writes (every process may call the methods). TensorFlow
+writes the event files (CPU-only: GPUs are hidden from it).
 """
 
 import json
@@ -12,6 +12,8 @@ import time
 from collections.abc import Mapping
 
 import jax
+import tensorflow as tf
+from tensorflow.core.framework import summary_pb2
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -33,12 +35,7 @@ class MetricsWriter:
     os.makedirs(workdir, exist_ok=True)
     self._jsonl = open(os.path.join(workdir, METRICS_FILE), "a")  # noqa: SIM115
     if tensorboard:
-      import tensorflow as tf  # noqa: PLC0415 (heavy, optional)
-
       tf.config.set_visible_devices([], "GPU")
-      from tensorflow.core.framework import summary_pb2  # noqa: PLC0415
-
-      self._tf = tf
       self._scalar_metadata = summary_pb2.SummaryMetadata(
         plugin_data=summary_pb2.SummaryMetadata.PluginData(
           plugin_name="scalars"
@@ -71,9 +68,9 @@ class MetricsWriter:
         for k, v in scalars.items():
           # tf.summary.scalar needs the tensorboard package; write the same
           # record (scalars plugin metadata) with the core API instead.
-          self._tf.summary.write(
+          tf.summary.write(
             k,
-            self._tf.constant(v, self._tf.float32),
+            tf.constant(v, tf.float32),
             step=int(step),
             metadata=self._scalar_metadata,
           )

@@ -20,10 +20,10 @@ parameters; `experiments/bench.py`):
   convolution gradients are then 1.2-1.4x faster than a custom one).
 
 XLA reads `XLA_FLAGS` once, when the first backend starts, so
-`apply_xla_cpu_flags()` must
-run before JAX's first computation. The entry points (`ssd_jax.main`,
-`ssd_jax.demo`, `experiments/bench*.py`) call it first thing; a script that
-imports ssd_jax as a library should call it too (or set the flag itself).
+`apply_xla_cpu_flags()` must run before JAX's first computation. The entry
+points (`ssd_jax.main`, `ssd_jax.demo`, `experiments/bench*.py`) call it
+first thing; a script that imports ssd_jax as a library should call it too
+(or set the flag itself).
 The flag only concerns the CPU backend, so GPU and TPU runs are unchanged.
 """
 

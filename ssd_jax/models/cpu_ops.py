@@ -22,7 +22,7 @@ and checkpoints are unchanged):
 
 A custom convolution gradient (the kernel gradient as one matrix product
 per kernel tap) was tried here too and removed: under the XLA flag that
-`ssd_jax/xla_cpu.py` sets (YNNPACK fusion off), XLA's own convolution
+`ssd_jax/runtime.py` sets (YNNPACK fusion off), XLA's own convolution
 gradients are 1.2-1.4x faster (SSD300, batch 8, vjp ms XLA vs custom:
 conv2_1 340 vs 459, conv2_2 596 vs 835, conv3_2 536 vs 709, conv4_2 531
 vs 634), while this max pool gradient stays 3-8x faster than XLA's (pool1
