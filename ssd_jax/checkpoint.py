@@ -4,8 +4,18 @@ A checkpoint holds the train state's data (`step`, `params`, `opt_state`) as
 a plain nested dict of numpy arrays (`flax.serialization.to_state_dict`), and
 an optional metrics dict (`{"mAP": ...}`) that orbax uses to keep the best.
 Retention: the last `keep` checkpoints plus the one with the highest mAP.
+
+Damaged checkpoints (a file deleted or truncated, garbage over metadata, a
+step folder emptied by hand): `Checkpointer.restore_latest` resumes from the
+newest step that reads, with a WARNING naming each bad step, its folder and
+why, and renames the bad newer ones `<step>.corrupt` (orbax ignores such
+names, so the next save of that step and `latest_step` work as before);
+only when no step reads is it an error, listing every step. A metrics file
+that does not parse is set aside as `metrics.corrupt` when the folder is
+opened for writing (its step stays, without a metric).
 """
 
+import json
 import os
 from typing import Any
 
@@ -14,11 +24,18 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from orbax.checkpoint import checkpoint_manager as ocp_manager
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 from ssd_jax import weights
+from ssd_jax.weights.io import describe_error, merge_params_report
 
 _BEST_METRIC = "mAP"
+_CORRUPT_SUFFIX = ".corrupt"
+
+
+class UnreadableCheckpointError(RuntimeError):
+  """A saved checkpoint step (or every one of them) could not be read."""
 
 
 def _best_metric(metrics: dict[str, float]) -> float:
@@ -32,11 +49,13 @@ class Checkpointer:
     directory: where step folders are written (created if missing).
     keep: number of most recent checkpoints kept (>= 1; 0 means 1 when
       saving); the best-mAP checkpoint is kept in addition.
-    read_only: open without creating or deleting anything.
+    read_only: open without creating, renaming or deleting anything (and
+      without reading each step's metrics up front).
   """
 
   def __init__(self, directory: str, keep: int = 3, read_only: bool = False):
     self.directory = os.path.abspath(directory)
+    self.read_only = read_only
     policy = pp.AnyPreservationPolicy(
       policies=[
         pp.LatestN(n=max(int(keep), 1)),
@@ -58,10 +77,23 @@ class Checkpointer:
       # Synchronous saves: a SIGTERM/SIGKILL right after save() returns
       # cannot lose the checkpoint, and tiny models save in milliseconds.
       enable_async_checkpointing=False,
+      # Reading only: no retention, so no need to read every step's
+      # metrics when opening (an unparsable one would stop eval/predict).
+      lightweight_initialize=read_only,
     )
     if read_only and not os.path.isdir(self.directory):
       raise FileNotFoundError(f"No checkpoint folder {self.directory}")
-    self._manager = ocp.CheckpointManager(self.directory, options=options)
+    if not read_only:
+      # Opening for writing reads every step's metrics (for retention), and
+      # one that does not parse would stop orbax here.
+      self._set_aside_unreadable_metrics()
+    self._manager = ocp.CheckpointManager(
+      self.directory,
+      options=options,
+      # One unnamed item, fixed now: left to orbax, the mode is guessed from
+      # the first step read, and an emptied step folder would switch it.
+      item_handlers=ocp.StandardCheckpointHandler(),
+    )
 
   def latest_step(self) -> int | None:
     """The newest saved step, or None when there is none."""
@@ -119,26 +151,188 @@ class Checkpointer:
 
     Raises:
       FileNotFoundError: when `step` was not saved.
+      UnreadableCheckpointError: naming the step, its folder and why when
+        its files cannot be read.
+      ValueError: naming the step when it reads but does not fit
+        `template` (another model or optimizer than the one saved).
     """
-    if step not in self._manager.all_steps():
-      raise FileNotFoundError(
-        f"No checkpoint for step {step} in {self.directory}; saved steps: "
-        f"{self.all_steps()}"
-      )
-    target = _state_dict(template)
-    raw = self._manager.restore(step, args=ocp.args.StandardRestore(target))
-    raw = jax.tree.map(np.asarray, raw)
-    return flax.serialization.from_state_dict(template, raw)
+    self._check_saved(step)
+    try:
+      return self._read(step, template)
+    except Exception as error:
+      raise self._classify(step, template, error) from error
 
   def restore_raw(self, step: int) -> dict[str, Any]:
-    """The saved tree at `step` as nested dicts of numpy arrays."""
-    raw = self._manager.restore(step, args=ocp.args.StandardRestore())
-    return jax.tree.map(np.asarray, raw)
+    """The saved tree at `step` as nested dicts of numpy arrays.
+
+    Raises:
+      FileNotFoundError: when `step` was not saved.
+      UnreadableCheckpointError: naming the step, its folder and why.
+    """
+    return self.restore(step, None)
+
+  def restore_latest(self, template: Any = None) -> tuple[int, Any] | None:
+    """Restores the newest step that reads, setting unreadable ones aside.
+
+    Saved steps are tried newest first. One whose files cannot be read
+    (deleted or truncated array files, unparsable metadata, a folder emptied
+    by hand) is logged as a WARNING naming the step, its folder and the
+    reason, and the next older step is tried. When one reads, the failed
+    newer steps are renamed `<step>.corrupt` (`.corrupt1`, ... if taken;
+    never deleted; not in read-only mode) so that `latest_step` and the
+    next save of those steps no longer trip over them. When none reads,
+    nothing is renamed: the error lists every step, and a restart meets it
+    again rather than training from scratch.
+
+    Args:
+      template: a state with the structure to restore into (as `restore`),
+        or None for the saved tree as nested dicts (as `restore_raw`).
+
+    Returns:
+      (step, state), or None when no checkpoint was saved.
+
+    Raises:
+      UnreadableCheckpointError: when no saved step reads, listing each
+        step, its folder and why.
+      ValueError: naming the step when one reads but does not fit
+        `template` (another model or optimizer): not damage, so no older
+        step is tried.
+    """
+    failed = []
+    for step in reversed(self.all_steps()):
+      try:
+        state = self._read(step, template)
+      except Exception as error:
+        problem = self._classify(step, template, error)
+        if not isinstance(problem, UnreadableCheckpointError):
+          raise problem from error
+        logging.warning("%s; trying the previous step.", problem)
+        failed.append(str(problem))
+        continue
+      for bad in self.all_steps():
+        if bad > step:
+          self._set_aside(bad)
+      if failed:
+        logging.warning("Resuming from checkpoint step %d instead.", step)
+      return step, state
+    if failed:
+      raise UnreadableCheckpointError(
+        f"No checkpoint in {self.directory} can be read:\n  "
+        + "\n  ".join(failed)
+        + "\nMove the damaged step folders aside (or delete them) to start "
+        "again from the newest good one, or from scratch."
+      )
+    return None
 
   def close(self) -> None:
     """Waits for pending writes and releases the manager."""
     self._manager.wait_until_finished()
     self._manager.close()
+
+  def _step_path(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
+
+  def _check_saved(self, step: int) -> None:
+    if step not in self._manager.all_steps():
+      raise FileNotFoundError(
+        f"No checkpoint for step {step} in {self.directory}; saved steps: "
+        f"{self.all_steps()}"
+      )
+
+  def _read(self, step: int, template: Any) -> Any:
+    if template is None:
+      raw = self._manager.restore(step, args=ocp.args.StandardRestore())
+      return jax.tree.map(np.asarray, raw)
+    target = _state_dict(template)
+    raw = self._manager.restore(step, args=ocp.args.StandardRestore(target))
+    raw = jax.tree.map(np.asarray, raw)
+    return flax.serialization.from_state_dict(template, raw)
+
+  def _reads(self, step: int) -> bool:
+    """Whether `step` reads back without a template (its files are whole)."""
+    try:
+      self._read(step, None)
+    except Exception:  # Any failure: orbax and tensorstore raise many kinds.
+      return False
+    return True
+
+  def _classify(self, step: int, template: Any, error: Exception) -> Exception:
+    """The error to raise for a failed read of `step`: damage or misfit.
+
+    A step that fails with `template` but reads without one is intact and
+    does not fit the template (a ValueError); otherwise it is damaged.
+    """
+    path = self._step_path(step)
+    reason = describe_error(error)
+    if template is not None and self._reads(step):
+      return ValueError(
+        f"Checkpoint step {step} in {path} does not fit this model and "
+        f"optimizer (was the config changed?): {reason}"
+      )
+    item = os.path.join(path, ocp_manager.DEFAULT_ITEM_NAME)
+    if os.path.isdir(path) and not os.path.isdir(item):
+      reason = (
+        f"its {ocp_manager.DEFAULT_ITEM_NAME!r} folder is missing "
+        f"(partially deleted?); {reason}"
+      )
+    return UnreadableCheckpointError(
+      f"Checkpoint step {step} in {path} is unreadable: {reason}"
+    )
+
+  def _set_aside(self, step: int) -> None:
+    """Renames the folder of `step` to `<step>.corrupt` (one process)."""
+    path = self._step_path(step)
+    if self.read_only:
+      logging.warning("Left %s in place (read-only).", path)
+      return
+    if jax.process_index() == 0:
+      target = _free_name(path + _CORRUPT_SUFFIX)
+      os.rename(path, target)
+      logging.warning("Moved damaged checkpoint step %d to %s", step, target)
+    ocp.multihost.sync_global_processes(f"ssd_jax_set_aside_{step}")
+    self._manager.reload()
+
+  def _set_aside_unreadable_metrics(self) -> None:
+    """Renames each step's unparsable metrics file to `metrics.corrupt`.
+
+    orbax keeps the metrics of a step in `<step>/metrics/metrics` (JSON);
+    without that file the step has no metric, which orbax accepts.
+    """
+    name = ocp_manager.METRIC_ITEM_NAME
+    entries = (
+      os.listdir(self.directory) if os.path.isdir(self.directory) else []
+    )
+    for entry in sorted(e for e in entries if e.isdigit()):
+      path = os.path.join(self.directory, entry, name, name)
+      if not os.path.isfile(path):
+        continue
+      try:
+        with open(path) as f:
+          json.load(f)
+      except (ValueError, OSError) as error:
+        target = _free_name(path + _CORRUPT_SUFFIX)
+        if jax.process_index() == 0:
+          os.rename(path, target)
+        logging.warning(
+          "Checkpoint step %s in %s has unreadable metrics (%s); moved them "
+          "to %s: the step is kept, without its %s.",
+          entry,
+          os.path.join(self.directory, entry),
+          describe_error(error),
+          target,
+          _BEST_METRIC,
+        )
+    # Every process opens the folder; none goes on before process 0 is done.
+    ocp.multihost.sync_global_processes("ssd_jax_checkpointer_metrics")
+
+
+def _free_name(path: str) -> str:
+  """`path`, or `path1`, `path2`, ... whichever does not exist yet."""
+  candidate, n = path, 0
+  while os.path.exists(candidate):
+    n += 1
+    candidate = f"{path}{n}"
+  return candidate
 
 
 def _state_dict(state: Any) -> Any:
@@ -149,23 +343,29 @@ def _state_dict(state: Any) -> Any:
 def init_params_from(path: str, params: Any) -> tuple[Any, str]:
   """Initialises parameters from a training run or converted weights.
 
-  `path` may be a training workdir or its `checkpoints/` folder (the latest
-  step's params are used), or a weights checkpoint written by
-  `ssd_jax.weights` (`python -m ssd_jax.weights ...`, read with
-  `weights.load_params`; a VGG16 import holds only the trunk). Leaves whose
-  shape differs (e.g. class heads for another class count) stay as
-  initialised.
+  `path` may be a training workdir or its `checkpoints/` folder (the params
+  of its newest readable step: `Checkpointer.restore_latest`, read-only), or
+  a weights checkpoint written by `ssd_jax.weights` (`python -m
+  ssd_jax.weights ...`, read with `weights.load_params`; a VGG16 import
+  holds only the trunk). Both are checked by
+  `weights.io.merge_params_report`; leaves whose shape differs (e.g. class
+  heads for another class count) stay as initialised.
 
   Args:
     path: folder.
     params: the freshly initialised parameter tree.
 
   Returns:
-    (params, one-line report of what was loaded).
+    (params, one-line report of what was loaded and what was kept).
 
   Raises:
     FileNotFoundError: when `path` does not exist or holds no checkpoint.
-    KeyError: naming a loaded parameter the model does not have.
+    UnreadableCheckpointError: when no step of a training run reads.
+    KeyError: naming loaded parameters the model does not have, or leaves
+      missing from a loaded module.
+    TypeError: naming a loaded parameter that is not floating point.
+    ValueError: naming a loaded parameter with NaN/inf values, or a
+      weights file that cannot be read.
   """
   if not os.path.exists(path):
     raise FileNotFoundError(f"config.init_from={path!r} does not exist")
@@ -175,25 +375,25 @@ def init_params_from(path: str, params: Any) -> tuple[Any, str]:
   is_manager = os.path.isdir(folder) and any(
     name.isdigit() for name in os.listdir(folder)
   )
+  source_name = path
   if is_manager:
     ckpt = Checkpointer(folder, read_only=True)
     try:
-      step = ckpt.latest_step()
-      source = ckpt.restore_raw(step)["params"]
+      restored = ckpt.restore_latest()
     finally:
       ckpt.close()
+    if restored is None:
+      raise FileNotFoundError(f"config.init_from={path!r}: no checkpoint")
+    step, tree = restored
+    source, source_name = tree["params"], f"{path} (step {step})"
   else:
     source = weights.load_params(path)
-  merged = weights.merge_params(params, source, skip_mismatched=True)
-  flat_new = flax.traverse_util.flatten_dict(source)
-  flat_old = flax.traverse_util.flatten_dict(params)
-  loaded = sum(
-    1
-    for k, v in flat_new.items()
-    if k in flat_old and np.shape(v) == np.shape(flat_old[k])
-  )
+  merged = merge_params_report(params, source, skip_mismatched=True)
+  total = len(jax.tree.leaves(params))
   summary = (
-    f"{loaded} of {len(flat_old)} parameter arrays loaded from {path}"
-    f" ({len(flat_new) - loaded} skipped for shape)"
+    f"{len(merged.loaded)} of {total} parameter arrays loaded from "
+    f"{source_name} ({len(merged.skipped)} kept as initialised for shape"
   )
-  return merged, summary
+  if merged.skipped:
+    summary += ": " + "; ".join(f"{k} {v}" for k, v in merged.skipped.items())
+  return merged.params, summary + ")"

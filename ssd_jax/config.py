@@ -8,12 +8,66 @@ defines `get_config(arg=None)`; `--config=configs/voc.py:small` passes
 
   config = config_from_file("configs/voc.py", "small")
   validate_config(config, num_devices=jax.device_count())
+
+`base_config()` is the schema: it holds every field a config may set (the
+data fields as typed placeholders, None meaning "the source's default"), so
+that `--config.data.shuffle_buffer=64` works for any config file, a typo is
+an error naming the field and its section's fields (`check_fields`), and a
+value of the wrong type is an error naming both types. ml_collections itself
+refuses, on the command line, an unknown field ('Did you mean ...?') and a
+value its field's type cannot parse.
 """
 
+import difflib
 import importlib.util
+import numbers
 import os
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import ml_collections
+from ml_collections import config_dict
+
+# config.eval.metric: VOC AP (07 11-point or area) or COCO AP.
+EVAL_METRICS = ("voc", "coco")
+
+
+def _data_fields() -> ml_collections.ConfigDict:
+  """Every field of `config.data` (documented in `ssd_jax.data`), unset.
+
+  Typed placeholders: a config file or `--config.data.X=...` sets them; the
+  data code reads None as "the source's default" (`dataset.field`).
+  """
+  p = config_dict.placeholder
+  return ml_collections.ConfigDict(
+    {
+      "source": p(str),
+      "root": p(str),
+      "class_names": p(object),  # A list, or "a,b,c".
+      "train_split": p(str),
+      "eval_split": p(str),
+      "max_boxes": p(int),
+      "eval_max_boxes": p(int),
+      "train_difficult": p(bool),
+      "augment": p(bool),
+      "augment_config": p(object),  # {AugmentConfig field: value}.
+      "data_dir": p(str),
+      "tfds_manual_dir": p(str),
+      "tfds_skip_decoding": p(bool),
+      "shuffle_buffer": p(int),
+      "count_boxes": p(bool),
+      "num_train": p(int),
+      "num_eval": p(int),
+      "synthetic_image_size": p(int),
+      "synthetic_seed": p(int),
+      "max_objects": p(int),
+      "min_object_size": p(float),
+      "max_object_size": p(float),
+      "num_parallel_calls": p(int),
+      "num_threads": p(int),
+      "prefetch": p(int),
+    }
+  )
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -25,7 +79,8 @@ def base_config() -> ml_collections.ConfigDict:
   11-point mAP evaluation with the release's inference settings.
 
   Returns:
-    A ConfigDict; `model` and `data` must be filled in by the config file.
+    A ConfigDict; `model` and `data` must be filled in by the config file
+    (`data.source` at least; the other data fields are optional).
   """
   c = ml_collections.ConfigDict()
   c.model = ml_collections.ConfigDict(
@@ -42,7 +97,7 @@ def base_config() -> ml_collections.ConfigDict:
       "cpu_fast_ops": "auto",
     }
   )
-  c.data = ml_collections.ConfigDict()
+  c.data = _data_fields()
   c.seed = 0
   c.batch_size = 32
   c.num_steps = 120_000
@@ -163,12 +218,92 @@ def config_from_file(
   return module.get_config(arg)
 
 
+def check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
+  """Raises the one message for an enumerated field with a bad value.
+
+  Args:
+    name: the field's dotted path below `config`, e.g. "eval.metric".
+    value: its value.
+    choices: the valid values.
+
+  Raises:
+    ValueError: "config.<name> must be one of 'a', 'b'; got 'c'".
+  """
+  if value not in choices:
+    valid = ", ".join(repr(c) for c in choices)
+    raise ValueError(f"config.{name} must be one of {valid}; got {value!r}")
+
+
+def _type_ok(value: Any, expected: type) -> bool:
+  if expected is object:
+    return True
+  if expected is bool:
+    return isinstance(value, bool)
+  if isinstance(value, bool):  # bool is an int, but never a number here.
+    return False
+  if expected is int:
+    return isinstance(value, numbers.Integral)
+  if expected is float:
+    return isinstance(value, numbers.Real)
+  if expected is tuple:
+    return isinstance(value, (tuple, list))
+  return isinstance(value, expected)
+
+
+def _check_section(section: Any, schema: Any, path: str) -> None:
+  if not isinstance(section, Mapping | ml_collections.ConfigDict):
+    raise TypeError(
+      f"{path} is {type(section).__name__} {section!r}, expected a section "
+      "(ConfigDict)"
+    )
+  valid = sorted(schema.keys())
+  for key in section.keys():
+    if key not in schema:
+      close = difflib.get_close_matches(key, valid, n=1)
+      hint = f" (did you mean {close[0]!r}?)" if close else ""
+      raise ValueError(
+        f"{path}.{key} is not a field{hint}; {path} has: {', '.join(valid)}"
+      )
+    value, want = section[key], schema[key]
+    if isinstance(want, ml_collections.ConfigDict):
+      _check_section(value, want, f"{path}.{key}")
+      continue
+    if value is None:
+      if want is None:  # A placeholder: None is the source's default.
+        continue
+      raise TypeError(f"{path}.{key} is None, expected {type(want).__name__}")
+    expected = schema.get_ref(key).get_type()
+    if not _type_ok(value, expected):
+      raise TypeError(
+        f"{path}.{key} is {type(value).__name__} {value!r}, expected "
+        f"{expected.__name__}"
+      )
+
+
+def check_fields(config: ml_collections.ConfigDict) -> None:
+  """Checks every field name and type against `base_config()`.
+
+  Args:
+    config: a config (from a config file, with command-line overrides).
+
+  Raises:
+    ValueError: naming a field that `base_config()` does not have, and
+      listing the fields of its section.
+    TypeError: naming a field whose value has another type than its
+      default's, with both types (an int where a float is expected is
+      fine; a bool is not an int; None only for the data placeholders).
+  """
+  _check_section(config, base_config(), "config")
+
+
 def validate_config(
   config: ml_collections.ConfigDict,
   num_devices: int,
   num_processes: int = 1,
 ) -> None:
   """Checks the training fields that would otherwise fail obscurely.
+
+  Field names and types first (`check_fields`), then values.
 
   Args:
     config: the training config.
@@ -178,9 +313,12 @@ def validate_config(
       message.
 
   Raises:
-    ValueError: naming the bad field.
+    ValueError: naming the bad field (an unknown one with its section's
+      fields; an enumerated one with its valid values).
+    TypeError: naming a field of the wrong type, with both types.
     FileNotFoundError: when config.data.root is not a folder.
   """
+  check_fields(config)
   if config.batch_size <= 0 or config.batch_size % num_devices:
     raise ValueError(
       f"config.batch_size={config.batch_size} must be a positive multiple of "
@@ -205,7 +343,4 @@ def validate_config(
       raise FileNotFoundError(
         f"config.data.root={root!r} is not a folder (source 'voc_folder')"
       )
-  if config.eval.metric not in ("voc", "coco"):
-    raise ValueError(
-      f"config.eval.metric must be 'voc' or 'coco', got {config.eval.metric!r}"
-    )
+  check_choice("eval.metric", config.eval.metric, EVAL_METRICS)

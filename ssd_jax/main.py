@@ -5,17 +5,29 @@ r"""Command line: train, evaluate or predict with an SSD config.
   ... --mode=eval [--step=N]                   # a checkpoint (latest)
   ... --mode=predict --images='photos/*.jpg' --output_dir=/tmp/preds
 
+Predict exits with status 1 when any image could not be decoded (the
+others are still predicted and written; the failures are named at the end
+and in failures.json), so scripts and CI notice a bad input; `--nostrict`
+exits 0 then, for runs over folders known to hold some bad files.
+
+A dataset that is neither on disk nor downloadable stops the run at once
+with exit status 2 and a message saying how to supply it
+(`sources.DataNotFoundError`).
+
 Multi-host: the same command on every host with `--coordinator_address=HOST:PORT
 --num_processes=N --process_id=I`, or `--distributed` where JAX detects the
 cluster (Cloud TPU, SLURM); each host feeds its local devices.
 """
 
 import os
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
+from ssd_jax import config as config_lib
 from ssd_jax import evaluator, predict, runtime, train
+from ssd_jax.data.sources import DataNotFoundError
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -27,6 +39,16 @@ flags.DEFINE_integer("step", None, "Checkpoint step for eval/predict.")
 flags.DEFINE_list("images", [], "predict: image files or globs.")
 flags.DEFINE_string("output_dir", None, "predict: default WORKDIR/predictions")
 flags.DEFINE_float("min_score", 0.3, "predict: lowest score kept.")
+flags.DEFINE_bool(
+  "strict",
+  True,
+  "predict: exit 1 when any image failed to decode (--nostrict: exit 0).",
+)
+flags.DEFINE_integer(
+  "max_side",
+  predict.MAX_SIDE,
+  "predict: decode larger images at reduced size (0: never).",
+)
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize().")
 flags.DEFINE_string("coordinator_address", None, "Multi-host: HOST:PORT.")
 flags.DEFINE_integer("num_processes", None, "Multi-host: process count.")
@@ -35,12 +57,14 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def run(config, workdir: str, mode: str = "train", **kwargs):
-  """Runs `mode`; returns the train summary, the EvalResult or the records.
+  """Runs `mode`; returns the train summary, EvalResult or PredictResult.
 
-  `kwargs`: step (eval/predict), images, output_dir, min_score (predict).
+  `kwargs`: step (eval/predict), images, output_dir, min_score, max_side
+  (predict).
   """
   if mode == "train":
     return train.train_and_evaluate(config, workdir)
+  config_lib.check_fields(config)  # Training validates it all itself.
   model, params, names, step = train.restore_params(
     config, workdir, kwargs.get("step")
   )
@@ -53,6 +77,7 @@ def run(config, workdir: str, mode: str = "train", **kwargs):
     predict.expand_images(kwargs.get("images") or []),
     kwargs.get("output_dir") or os.path.join(workdir, "predictions"),
     min_score=kwargs.get("min_score", 0.3),
+    max_side=kwargs.get("max_side", predict.MAX_SIDE) or None,
   )
 
 
@@ -65,20 +90,28 @@ def main(argv):
     FLAGS.num_processes,
     FLAGS.process_id,
   )
-  out = run(
-    FLAGS.config,
-    FLAGS.workdir,
-    FLAGS.mode,
-    step=FLAGS.step,
-    images=FLAGS.images,
-    output_dir=FLAGS.output_dir,
-    min_score=FLAGS.min_score,
-  )
+  try:
+    out = run(
+      FLAGS.config,
+      FLAGS.workdir,
+      FLAGS.mode,
+      step=FLAGS.step,
+      images=FLAGS.images,
+      output_dir=FLAGS.output_dir,
+      min_score=FLAGS.min_score,
+      max_side=FLAGS.max_side,
+    )
+  except DataNotFoundError as e:  # Says what to do; a traceback would not.
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  status = 0
   if FLAGS.mode == "eval":
     out = f"step {out.step}: mAP {out.mAP:.4f}"
   elif FLAGS.mode == "predict":
-    out = f"{len(out)} image(s) predicted"
+    status = 1 if out.failed and FLAGS.strict else 0
+    out = predict.summary(out)
   print(f"{FLAGS.mode} finished: {out}")
+  return status
 
 
 if __name__ == "__main__":

@@ -159,10 +159,10 @@ def train_and_evaluate(
     os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints
   )
   writer = metrics_lib.MetricsWriter(workdir)
-  start_step = checkpointer.latest_step() or 0
-  if start_step:
+  start_step = 0
+  if checkpointer.latest_step() is not None:  # Skips damaged newer steps.
     template = abstract_state(model, settings.tx)
-    state = checkpointer.restore(start_step, template)
+    start_step, state = checkpointer.restore_latest(template)
     logging.info("Resumed from step %d in %s", start_step, workdir)
   else:
     params = init_params(model, jax.random.key(config.seed), config.init_from)
@@ -271,27 +271,34 @@ def restore_params(
   Args:
     config: the full config.
     workdir: the training workdir.
-    step: checkpoint step; default the latest.
+    step: checkpoint step; default the latest that reads (a damaged newer
+      one is skipped with a warning naming it, see
+      `Checkpointer.restore_latest`).
 
   Returns:
     (model, params, class_names, step).
 
   Raises:
     FileNotFoundError: when the workdir has no checkpoint.
+    checkpoint.UnreadableCheckpointError: when the asked step, or every
+      step, cannot be read.
   """
   model, names = build(config)
   checkpointer = ckpt_lib.Checkpointer(
     os.path.join(workdir, "checkpoints"), keep=0, read_only=True
   )
   try:
-    step = step if step is not None else checkpointer.latest_step()
-    if step is None:
+    if checkpointer.latest_step() is None:
       raise FileNotFoundError(
         f"No checkpoint in {os.path.join(workdir, 'checkpoints')}; train first "
         "(--mode=train) or pass the training --workdir."
       )
     tx, _ = optim.create_optimizer(config)
-    state = checkpointer.restore(step, abstract_state(model, tx))
+    template = abstract_state(model, tx)
+    if step is None:  # The latest readable step (damaged ones are skipped).
+      step, state = checkpointer.restore_latest(template)
+    else:
+      state = checkpointer.restore(step, template)
   finally:
     checkpointer.close()
   return model, state.params, names, step

@@ -7,10 +7,12 @@ suite runs the same XLA CPU configuration as `python -m ssd_jax.main` (see
 ssd_jax/runtime.py).
 """
 
+import contextlib
 import importlib.util
 import pathlib
 import subprocess
 import sys
+from unittest import mock
 
 import pytest
 
@@ -42,6 +44,30 @@ def load_experiment():
 
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def mock_tfds():
+  """`mock_tfds(**kwargs)`: `tfds.testing.mock_data(**kwargs)` for the
+  package's tfds route.
+
+  mock_data replaces tfds' reading and makes preparation a no-op, but its
+  builders still say they are not prepared, so `sources.prepare_tfds`
+  (which checks for the release archives first) is made a no-op too.
+  """
+  import tensorflow_datasets as tfds
+
+  from ssd_jax.data import sources
+
+  @contextlib.contextmanager
+  def mocked(**kwargs):
+    with (
+      tfds.testing.mock_data(**kwargs),
+      mock.patch.object(sources, "prepare_tfds", lambda *a, **k: None),
+    ):
+      yield
+
+  return mocked
 
 
 def load_config(name: str, arg: str | None = None):

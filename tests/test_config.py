@@ -6,16 +6,20 @@ one imports nothing heavier than ml_collections.
 
 import glob
 import os
+import re
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import ml_collections
 import pytest
+from absl import flags
 from conftest import REPO, load_config
+from ml_collections import config_flags
 
 from ssd_jax import config as config_lib
-from ssd_jax import models, optim
+from ssd_jax import default_boxes, models, optim
 from ssd_jax.data import dataset
 
 CONFIGS = sorted(
@@ -144,3 +148,171 @@ def test_validate_config_names_bad_fields(tmp_path):
     config_lib.validate_config(config, num_devices=4)
   with pytest.raises(ValueError, match="2 process"):
     config_lib.validate_config(config, num_devices=4, num_processes=2)
+
+
+def parse_command_line(*overrides, config="configs/shapes.py:small"):
+  """The config `python -m ssd_jax.main --config=... *overrides` gets.
+
+  The flag is defined as ssd_jax/main.py defines it (ml_collections'
+  defaults: the loaded config is locked, unknown fields are refused).
+  """
+  argv = ["main", f"--config={REPO / config}", *overrides]
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file(
+    "config", None, "config file", flag_values=values, sys_argv=argv
+  )
+  with warnings.catch_warnings():  # ml_collections' importlib load_module.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    values(argv)
+  return values.config
+
+
+def _fields(section):
+  return ", ".join(sorted(config_lib.base_config()[section].keys()))
+
+
+@pytest.mark.parametrize(
+  "section, typo, meant",
+  [("data", "sourse", "source"), ("eval", "metrc", "metric")],
+)
+def test_an_unknown_field_names_it_and_lists_its_section(section, typo, meant):
+  config = load_config("shapes", "small")
+  config[section][typo] = "x"  # A typo in a config file: not refused here.
+  with pytest.raises(ValueError) as info:
+    config_lib.validate_config(config, num_devices=1)
+  assert str(info.value) == (
+    f"config.{section}.{typo} is not a field (did you mean {meant!r}?); "
+    f"config.{section} has: {_fields(section)}"
+  )
+  config = load_config("shapes", "small")
+  config.num_step = 10
+  with pytest.raises(ValueError, match=r"config\.num_step is not a field"):
+    config_lib.validate_config(config, num_devices=1)
+  config = load_config("shapes", "small")
+  config.model.backbone = "resnet50"  # No such field (and no close one).
+  with pytest.raises(
+    ValueError, match=r"config\.model\.backbone is not a field; config\.model"
+  ):
+    config_lib.validate_config(config, num_devices=1)
+
+
+def test_unknown_fields_on_the_command_line_are_refused_by_ml_collections():
+  # ml_collections refuses them while parsing, naming the field and the
+  # closest one; validate_config is not reached.
+  with pytest.raises(AttributeError, match='Did you mean "source"'):
+    parse_command_line("--config.data.sourse=synthetic")
+  with pytest.raises(AttributeError, match='Did you mean "metric"'):
+    parse_command_line("--config.eval.metrc=coco")
+  with pytest.raises(AttributeError, match="zzz"):
+    parse_command_line("--config.zzz=1")
+
+
+def test_every_data_field_can_be_set_on_the_command_line():
+  # configs/voc.py sets neither; base_config declares every data field.
+  config = parse_command_line(
+    "--config.data.shuffle_buffer=64",
+    "--config.data.class_names=cat,dog",
+    "--config.data.train_difficult=false",
+    "--config.data.min_object_size=0.2",
+    config="configs/voc.py:small",
+  )
+  assert config.data.shuffle_buffer == 64
+  assert config.data.class_names == "cat,dog"
+  assert config.data.train_difficult is False
+  assert config.data.min_object_size == 0.2
+  assert config.data.eval_max_boxes is None  # Unset: the source's default.
+  config_lib.validate_config(config, num_devices=1)
+
+
+def test_wrong_types_on_the_command_line_name_the_flag():
+  for flag in (
+    "--config.batch_size=abc",
+    "--config.batch_size=1.5",
+    "--config.data.max_boxes=many",
+    "--config.eval.use_07_metric=maybe",
+  ):
+    with pytest.raises(flags.IllegalFlagValueError, match=re.escape(flag)):
+      parse_command_line(flag)
+
+
+def test_a_wrong_type_names_the_field_and_both_types():
+  config = load_config("shapes", "small")
+  # ml_collections refuses most at assignment, naming the field and types.
+  with pytest.raises(TypeError, match="'batch_size'.*str.*int"):
+    config.batch_size = "16"
+  config.batch_size = True  # ... but not a bool for an int (bool is an int).
+  with pytest.raises(
+    TypeError, match=r"^config\.batch_size is bool True, expected int$"
+  ):
+    config_lib.validate_config(config, num_devices=1)
+  config = load_config("shapes", "small")
+  config.num_steps = None
+  with pytest.raises(TypeError, match=r"config\.num_steps is None, expected"):
+    config_lib.validate_config(config, num_devices=1)
+  config = load_config("shapes", "small")
+  # A section written as a fresh ConfigDict escapes the field types.
+  config.data = ml_collections.ConfigDict(
+    {"source": "synthetic", "max_boxes": "8"}
+  )
+  with pytest.raises(
+    TypeError, match=r"^config\.data\.max_boxes is str '8', expected int$"
+  ):
+    config_lib.validate_config(config, num_devices=1)
+  config = load_config("shapes", "small")
+  config.model.width = 1  # An int for a float is fine.
+  config.data.class_names = ["a", "b"]  # A list or a string.
+  config_lib.validate_config(config, num_devices=1)
+
+
+def _build(config):
+  """What train.train_and_evaluate checks, in its order."""
+  config_lib.validate_config(config, num_devices=1)
+  names = dataset.class_names(config.data)
+  models.from_config(config.model, num_classes=len(names) + 1)
+  optim.create_optimizer(config)
+
+
+@pytest.mark.parametrize(
+  "field, valid",
+  [
+    ("data.source", dataset.SOURCES),
+    ("model.name", ("ssd300", "ssd512", "ssd")),
+    ("model.priors", tuple(default_boxes.NAMED_PRIORS)),
+    ("model.dtype", ("float32", "bfloat16")),
+    ("model.param_dtype", ("float32", "bfloat16")),
+    ("model.cpu_fast_ops", ("auto", "true", "false")),
+    ("optimizer", ("sgd", "adam")),
+    ("eval.metric", config_lib.EVAL_METRICS),
+  ],
+)
+def test_an_enumerated_field_lists_its_valid_values(field, valid):
+  config = parse_command_line(f"--config.{field}=bogus")
+  with pytest.raises(ValueError) as info:
+    _build(config)
+  message = str(info.value)
+  assert field in message and "'bogus'" in message, message
+  for value in valid:
+    assert value in message, (value, message)
+
+
+def test_the_data_fields_are_those_the_data_code_reads():
+  # Every `field(cfg, "name")` read in ssd_jax/data is a field of
+  # base_config().data, so that validate_config does not refuse it.
+  names = set()
+  for path in glob.glob(os.path.join(REPO, "ssd_jax", "data", "*.py")):
+    with open(path) as f:
+      names |= set(re.findall(r"field\(\w+, \"(\w+)\"", f.read()))
+  assert names, "no data field reads found"
+  assert names <= set(config_lib.base_config().data.keys()), sorted(
+    names - set(config_lib.base_config().data.keys())
+  )
+  # The split fields are read through a variable key.
+  assert {"train_split", "eval_split"} <= set(config_lib.base_config().data)
+
+
+def test_check_choice():
+  config_lib.check_choice("eval.metric", "coco", config_lib.EVAL_METRICS)
+  with pytest.raises(
+    ValueError, match=r"^config\.x must be one of 'a', 'b'; got 'c'$"
+  ):
+    config_lib.check_choice("x", "c", ("a", "b"))

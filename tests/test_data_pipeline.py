@@ -211,26 +211,3 @@ def test_eval_inputs_at_the_input_size_is_mean_subtraction():
   np.testing.assert_array_equal(image.denormalize(out), pixels)
   smaller = pipeline.eval_inputs(tf.constant(pixels), 8)
   assert smaller.shape == (8, 8, 3)
-
-
-def test_image_files_get_the_eval_pipelines_input(tmp_path):
-  root = str(tmp_path / "voc")
-  rng = np.random.default_rng(2)
-  images = [
-    (f"{k}", rng.integers(0, 255, (20 + 7 * k, 33, 3), np.uint8), [])
-    for k in range(3)
-  ]
-  write_voc_folder(root, images, split="test")  # JPEG files.
-  cfg = {"source": "voc_folder", "root": root}
-  (batch,) = pipeline.create_eval_iterator(cfg, image_size=24, batch_size=3)
-  paths = [str(tmp_path / "voc" / "JPEGImages" / f"{k}.jpg") for k in range(3)]
-  files = list(pipeline.create_image_file_iterator(paths, image_size=24))
-  assert len(files) == 3
-  for k, ex in enumerate(files):
-    assert ex["image"].shape == (24, 24, 3) and ex["image"].dtype == np.float32
-    np.testing.assert_array_equal(ex["image"], batch["image"][k])  # Bitwise.
-    assert ex["original"].shape == (20 + 7 * k, 33, 3)
-    assert ex["original"].dtype == np.uint8
-    assert ex["original"].shape[:2] == tuple(batch["original_size"][k])
-  with pytest.raises(ValueError, match="at least one path"):
-    pipeline.create_image_file_iterator([], image_size=24)

@@ -1,11 +1,12 @@
 """Tests for ssd_jax/data/sources.py with tfds.testing.mock_data (offline)."""
 
 import itertools
+import logging
+import socket
 
 import numpy as np
 import pytest
 import tensorflow as tf
-import tensorflow_datasets as tfds
 
 from ssd_jax.data import image, pipeline, sources, voc_folder
 
@@ -74,9 +75,9 @@ def _voc_cfg(**kw):
 
 
 @pytest.mark.parametrize("skip_decoding", [True, False])
-def test_voc_eval_converts_boxes_labels_and_ids(skip_decoding):
+def test_voc_eval_converts_boxes_labels_and_ids(skip_decoding, mock_tfds):
   requests = []
-  with tfds.testing.mock_data(as_dataset_fn=_fake_voc(requests)):
+  with mock_tfds(as_dataset_fn=_fake_voc(requests)):
     cfg = _voc_cfg(tfds_skip_decoding=skip_decoding)
     (b,) = list(pipeline.create_eval_iterator(cfg, image_size=16, batch_size=3))
   assert requests == ["2007"]  # "test07"
@@ -98,9 +99,9 @@ def test_voc_eval_converts_boxes_labels_and_ids(skip_decoding):
   np.testing.assert_allclose(b["boxes"][0, 0], [0, 0, 1, 1], atol=1e-6)
 
 
-def test_voc_train_07_12_epochs_deterministic_and_resumable():
+def test_voc_train_07_12_epochs_deterministic_and_resumable(mock_tfds):
   requests = []
-  with tfds.testing.mock_data(as_dataset_fn=_fake_voc(requests)):
+  with mock_tfds(as_dataset_fn=_fake_voc(requests)):
 
     def run(start_step, n, **kw):
       it = pipeline.create_train_iterator(
@@ -130,10 +131,10 @@ def test_voc_train_07_12_epochs_deterministic_and_resumable():
   assert values[:6] != values[6:]
 
 
-def test_default_random_mock_trains_without_crashing():
+def test_default_random_mock_trains_without_crashing(mock_tfds):
   # tfds' random mock has inconsistent object lengths and inverted boxes;
   # they are cut and dropped, never passed on.
-  with tfds.testing.mock_data(num_examples=4):
+  with mock_tfds(num_examples=4):
     it = pipeline.create_train_iterator(
       _voc_cfg(tfds_skip_decoding=False, train_split="2007:train"),
       image_size=16, global_batch_size=2, seed=0, num_devices=1,
@@ -171,8 +172,8 @@ def test_coco_crowd_dropped_for_training_and_marked_for_eval():
   assert ev["image"].shape == (10, 20, 3)
 
 
-def test_coco_pipeline_with_mock():
-  with tfds.testing.mock_data(num_examples=3):
+def test_coco_pipeline_with_mock(mock_tfds):
+  with mock_tfds(num_examples=3):
     cfg = {"source": "tfds_coco", "max_boxes": 8, "tfds_skip_decoding": False}
     batches = list(
       pipeline.create_eval_iterator(cfg, image_size=16, batch_size=2)
@@ -198,3 +199,62 @@ def test_parse_split_spec_and_sanitize():
   )
   np.testing.assert_allclose(boxes, [[0.0, 0.2, 0.5, 1.0]])
   assert labels.numpy().tolist() == [1]
+
+
+def test_count_objects_counts_images_boxes_and_difficult(mock_tfds):
+  with mock_tfds(as_dataset_fn=_fake_voc([])):
+    (part,) = sources.load_tfds_parts("voc", "test07", "2007")
+    counts = sources.count_objects(part)
+  # VOC_EXAMPLES: 3 images, 2 with boxes, 3 boxes, 1 difficult, no crowd.
+  assert counts == (3, 2, 3, 1, 0)
+
+
+def test_the_eval_stream_logs_the_tfds_counts_once(mock_tfds, caplog):
+  cfg = _voc_cfg(eval_split="2007:test[:2]")
+  with (
+    mock_tfds(as_dataset_fn=_fake_voc([])),
+    caplog.at_level(logging.INFO, logger="ssd_jax.data.dataset"),
+  ):
+    for _ in range(2):
+      list(pipeline.create_eval_iterator(cfg, image_size=16, batch_size=3))
+  lines = [m for m in caplog.messages if m.startswith("tfds voc/2007")]
+  assert lines == [
+    "tfds voc/2007 split 'test[:2]': 3 images (2 with boxes), 3 boxes "
+    "(1 difficult, 0 crowd)"
+  ]  # The fake ignores the slice; once per process, not per evaluation.
+
+
+def test_prepare_without_archives_or_network_says_how_to_get_the_data(
+  tmp_path, monkeypatch
+):
+  monkeypatch.setattr(sources, "_reachable", lambda url, timeout=5.0: False)
+  for name, route in (("voc/2007", "VOCdevkit"), ("coco/2017", "coco")):
+    with pytest.raises(sources.DataNotFoundError) as e:
+      sources.prepare_tfds(name, str(tmp_path))
+    msg = str(e.value)
+    assert f"tfds dataset {name} is not prepared in {tmp_path}" in msg
+    assert str(tmp_path / "downloads" / "manual") in msg
+    assert all(a in msg for a in sources.TFDS_ARCHIVES[name])
+    assert f"--config.data.root=/path/to/{route}" in msg
+  # Only some archives present: still refused at once, naming the missing.
+  manual = tmp_path / "elsewhere"
+  manual.mkdir()
+  (manual / "VOCtest_06-Nov-2007.tar").write_bytes(b"")
+  with pytest.raises(sources.DataNotFoundError, match="VOCtrainval_06-Nov"):
+    sources.prepare_tfds("voc/2007", str(tmp_path), str(manual))
+
+
+def test_reachable_is_false_for_a_closed_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  assert not sources._reachable(f"http://127.0.0.1:{port}/x.tar", 1.0)
+
+
+@pytest.mark.parametrize("name", sorted(sources.TFDS_ARCHIVES))
+def test_archive_names_are_the_builders(name):
+  import tensorflow_datasets as tfds
+
+  builder = tfds.builder(name, data_dir="/nonexistent")
+  names = {info.filename for info in builder.url_infos.values()}
+  assert set(sources.TFDS_ARCHIVES[name]) <= names

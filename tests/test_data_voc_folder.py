@@ -206,11 +206,126 @@ def test_missing_split_and_annotation(tmp_path):
     list(voc_folder.read_voc_folder(root, "trainval"))
 
 
-def test_records_to_arrays_pads(folder):
-  records = voc_folder.index_voc_folder(folder, "trainval")
-  arrays = voc_folder.records_to_arrays(records)
-  assert arrays["boxes"].shape == (3, 2, 4)
-  assert arrays["num_boxes"].tolist() == [1, 2, 0]
-  assert arrays["labels"][0].tolist()[1] == 0
-  np.testing.assert_array_equal(arrays["original_size"][1], [30, 20])
-  np.testing.assert_allclose(arrays["boxes"][1], records[1].boxes)
+def test_devkit_parts_parse_aliases_and_tfds_names():
+  assert voc_folder.devkit_parts("07+12") == [
+    ("VOC2007", "trainval"),
+    ("VOC2012", "trainval"),
+  ]
+  assert voc_folder.devkit_parts("test07") == [("VOC2007", "test")]
+  assert voc_folder.devkit_parts(
+    "2007:train+validation, VOC2012:validation"
+  ) == [("VOC2007", "trainval"), ("VOC2012", "val")]
+  with pytest.raises(ValueError, match="must be YEAR:SPLIT"):
+    voc_folder.devkit_parts("trainval")
+  with pytest.raises(ValueError, match="empty VOCdevkit split"):
+    voc_folder.devkit_parts(" , ")
+
+
+def test_index_voc_devkit_names_a_missing_year_folder(folder, tmp_path):
+  with pytest.raises(FileNotFoundError, match=r"VOC2012 \(data.root must"):
+    voc_folder.index_voc_devkit(str(tmp_path), "2012:trainval")
+  # Pointing at one year's folder instead of VOCdevkit gets a hint.
+  with pytest.raises(FileNotFoundError, match="looks like one year's folder"):
+    voc_folder.index_voc_devkit(folder, "07+12")
+  os.makedirs(tmp_path / "devkit")
+  os.symlink(folder, tmp_path / "devkit" / "VOC2007")
+  records = voc_folder.index_voc_devkit(str(tmp_path / "devkit"), "07")
+  assert [r.image_id for r in records] == [
+    r.image_id for r in voc_folder.index_voc_folder(folder, "trainval")
+  ]
+
+
+def test_tf_table_decoder_gives_the_one_decoders_pixels(tmp_path):
+  # The tf.data tables of VOC folders (`dataset.read_image_file`) and
+  # `load_image` (read_voc_folder; the decoder prediction uses) agree pixel
+  # for pixel on every case: TF decodes plain JPEGs/PNGs, PIL the rest.
+  import tensorflow as tf  # Here: the rest of this file is TF-free.
+  from test_data_image import save_with_orientation, write_image_cases
+
+  from ssd_jax.data import dataset
+
+  paths = [p for p, _, _ in write_image_cases(tmp_path).values()]
+  noise = np.random.default_rng(3).integers(0, 256, (37, 53, 3), np.uint8)
+  for name, image, save in [
+    ("noise_420.jpg", noise, {"quality": 90}),
+    ("noise_444.jpg", noise, {"quality": 90, "subsampling": 0}),
+    ("noise_progressive.jpg", noise, {"progressive": True}),
+    ("noise_grey.jpg", noise[..., 0], {}),
+    ("noise_grey.png", noise[..., 0], {}),
+  ]:
+    Image.fromarray(image).save(tmp_path / name, **save)
+    paths.append(str(tmp_path / name))
+  paths.append(str(tmp_path / "rotated.jpg"))  # Read as stored.
+  save_with_orientation(Image.fromarray(noise), paths[-1], 6)
+  files = tf.data.Dataset.from_tensor_slices(paths)
+  decoded = files.map(dataset.read_image_file).as_numpy_iterator()
+  for path, got in zip(paths, decoded, strict=True):
+    want = voc_folder.load_image(path)
+    np.testing.assert_array_equal(got, want, err_msg=path)
+  # Why it matters: TF's default JPEG decoding (fast IDCT) is off by a few
+  # levels from PIL's.
+  jpeg = str(tmp_path / "noise_420.jpg")
+  fast = tf.io.decode_image(tf.io.read_file(jpeg)).numpy()
+  assert np.any(fast != voc_folder.load_image(jpeg))
+
+
+def test_exif_orientation_is_counted_not_applied(tmp_path, caplog):
+  from test_data_image import save_with_orientation
+
+  root = str(tmp_path / "v")
+  write_voc_folder(root, [("img", _image(10, 16), [])])
+  path = os.path.join(root, "JPEGImages", "img.jpg")
+  save_with_orientation(Image.fromarray(_image(10, 16)), path, 6)
+  header = voc_folder.check_image_file(path)
+  assert (header.height, header.width, header.orientation) == (10, 16, 6)
+  with caplog.at_level(logging.INFO, logger="ssd_jax.data.voc_folder"):
+    (record,) = voc_folder.index_voc_folder(root, "trainval")
+  assert record.original_size == (10, 16)  # The stored grid.
+  assert "1 with an EXIF orientation tag" in caplog.text
+  warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+  assert len(warnings) == 1 and "EXIF orientation" in warnings[0].message
+  (example,) = voc_folder.read_voc_folder(root, "trainval")
+  assert example["image"].shape == (10, 16, 3)
+  # An untagged folder: counted as 0, no warning.
+  caplog.clear()
+  with caplog.at_level(logging.INFO, logger="ssd_jax.data.voc_folder"):
+    voc_folder.index_voc_folder(_one(tmp_path), "trainval")
+  assert "0 with an EXIF orientation tag" in caplog.text
+  assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_check_image_file_rejects_unsupported_and_truncated_files(tmp_path):
+  Image.new("RGB", (4, 4)).save(tmp_path / "x.gif")
+  with pytest.raises(ValueError, match=r"x\.gif: unsupported image format"):
+    voc_folder.check_image_file(str(tmp_path / "x.gif"))
+  with pytest.raises(ValueError, match=r"none\.png: file not found"):
+    voc_folder.check_image_file(str(tmp_path / "none.png"))
+  with pytest.raises(ValueError, match=r"none\.png: file not found"):
+    voc_folder.load_image(str(tmp_path / "none.png"))
+
+
+def test_tf_table_decoder_leaves_plain_files_to_tensorflow(
+  tmp_path, monkeypatch
+):
+  # Plain JPEGs and 8-bit grey/RGB PNGs never enter Python (fast, parallel
+  # training input); the unusual ones go through the one decoder.
+  import tensorflow as tf
+  from test_data_image import write_image_cases
+
+  from ssd_jax.data import dataset
+
+  cases = write_image_cases(tmp_path)
+  load, calls = voc_folder.load_image, []
+  monkeypatch.setattr(
+    voc_folder, "load_image", lambda p: calls.append(p) or load(p)
+  )
+  plain = ["rgb.png", "grey.png", "rgb.jpg", "grey.jpg"]
+  unusual = ["grey16.png", "palette.png", "rgba.png", "cmyk.jpg", "lab.tif"]
+  for names, want in [(plain, []), (unusual, unusual)]:
+    paths = [cases[n][0] for n in names]
+    decoded = tf.data.Dataset.from_tensor_slices(paths).map(
+      dataset.read_image_file
+    )
+    assert len(list(decoded.as_numpy_iterator())) == len(names)
+    assert sorted(os.path.basename(p) for p in calls) == sorted(want)
+    calls.clear()

@@ -13,7 +13,6 @@ import flax
 import jax
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 from conftest import REPO, load_config
 from PIL import Image
 
@@ -77,7 +76,7 @@ def test_bad_config_values_give_clear_messages(tmp_path):
 
 
 @pytest.mark.slow
-def test_one_step_train_and_eval_on_mock_tfds_voc(tmp_path):
+def test_one_step_train_and_eval_on_mock_tfds_voc(tmp_path, mock_tfds):
   config = load_config("voc", "small")
   config.model.image_size = 64
   config.model.width = 0.125
@@ -92,7 +91,7 @@ def test_one_step_train_and_eval_on_mock_tfds_voc(tmp_path):
     eval_split="2007:test",
     shuffle_buffer=8,
   )
-  with tfds.testing.mock_data(num_examples=4):
+  with mock_tfds(num_examples=4):
     summary = train.train_and_evaluate(config, str(tmp_path))
   assert summary["step"] == 1 and math.isfinite(summary["loss"])
   with open(os.path.join(tmp_path, "eval_results.json")) as f:

@@ -199,6 +199,50 @@ def test_vgg16_key_and_shape_errors_name_the_key():
     weights.from_torchvision_vgg16(full)
 
 
+def test_vgg16_dtype_and_value_errors_name_the_key(tmp_path):
+  sd = random_state_dict(tv_vgg16_shapes(WIDTH))
+  # Any floating precision is cast to float32 (float64, float16 here).
+  sd64 = {k: v.astype(np.float64) for k, v in sd.items()}
+  sd64["features.0.weight"] = sd["features.0.weight"].astype(np.float16)
+  params = weights.from_torchvision_vgg16(sd64, WIDTH)
+  assert params["vgg"]["conv1_1"]["kernel"].dtype == np.float32
+  np.testing.assert_array_equal(
+    _oihw(params["vgg"]["conv1_2"]["kernel"]), sd["features.2.weight"]
+  )
+  # Written to a file and read back, as the command line does.
+  bad = dict(sd)
+  bad["features.5.bias"] = np.arange(bad["features.5.bias"].size)  # int64
+  np.savez(tmp_path / "int.npz", **bad)
+  with pytest.raises(TypeError, match=r"'features\.5\.bias' has dtype int64"):
+    weights.from_torchvision_vgg16(
+      weights.load_state_dict(str(tmp_path / "int.npz")), WIDTH
+    )
+  bad = dict(sd)
+  weight = bad["classifier.3.weight"].copy()
+  weight[0, :3] = np.nan
+  weight[1, 0] = np.inf
+  bad["classifier.3.weight"] = weight
+  np.savez(tmp_path / "nan.npz", **bad)
+  with pytest.raises(
+    ValueError,
+    match=r"'classifier\.3\.weight' has 4 non-finite \(NaN or inf\) value",
+  ):
+    weights.from_torchvision_vgg16(
+      weights.load_state_dict(str(tmp_path / "nan.npz")), WIDTH
+    )
+  # The ImageNet classifier is ignored, whatever it holds.
+  bad = dict(sd)
+  bad["classifier.6.weight"] = np.full((1000, 1), np.nan)
+  weights.from_torchvision_vgg16(bad, WIDTH)
+
+
+def test_ssd300_dtype_errors_name_the_key():
+  sd = random_state_dict(tv_ssd300_shapes(5, WIDTH))
+  sd["backbone.scale_weight"] = sd["backbone.scale_weight"] > 15  # bool
+  with pytest.raises(TypeError, match=r"'backbone\.scale_weight' has dtype"):
+    weights.from_torchvision_ssd300(sd, WIDTH)
+
+
 # --- SSD300 -----------------------------------------------------------------
 
 

@@ -1,6 +1,6 @@
-"""The tf.data input pipelines: training (infinite, augmented, resumable),
-evaluation (finite, resize + normalise: `eval_inputs`) and image files for
-prediction (the evaluation's decoding and preprocessing).
+"""The tf.data input pipelines: training (infinite, augmented, resumable)
+and evaluation (finite, resize + normalise: `eval_inputs`, which prediction
+also applies to each image file, see `ssd_jax.predict`).
 
 Determinism and resume. Every training example has a position `g` in the
 stream, and everything random about it is a function of `(seed, g)`. For the
@@ -29,7 +29,7 @@ from step k, for any number of parallel map calls.
 
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import jax
 import numpy as np
@@ -58,8 +58,8 @@ def eval_inputs(image: tf.Tensor, image_size: int) -> tf.Tensor:
   """The evaluation preprocessing of one decoded image (resize, normalise).
 
   The one definition of what the network sees at evaluation: the eval
-  pipeline and prediction on image files (`create_image_file_iterator`) both
-  call it. Boxes in normalised coordinates are unchanged by it.
+  pipeline and prediction on image files (`ssd_jax.predict`, one image at a
+  time) both call it. Boxes in normalised coordinates are unchanged by it.
 
   Args:
     image: uint8 [H, W, 3] RGB.
@@ -233,7 +233,7 @@ def create_train_iterator(
     }
 
   parallel = dataset.field(data_cfg, "num_parallel_calls", tf.data.AUTOTUNE)
-  if dataset.source(data_cfg) in ("synthetic", "voc_folder"):
+  if dataset.is_table(data_cfg):
     n, lookup = dataset.table_lookup(dataset.table(data_cfg, train=True))
 
     def position(local):  # Local counter -> global position g and index.
@@ -315,7 +315,7 @@ def create_eval_iterator(
     }
 
   parallel = dataset.field(data_cfg, "num_parallel_calls", tf.data.AUTOTUNE)
-  if dataset.source(data_cfg) in ("synthetic", "voc_folder"):
+  if dataset.is_table(data_cfg):
     n, lookup = dataset.table_lookup(dataset.table(data_cfg, train=False))
     ds = tf.data.Dataset.range(n).map(
       _plain(lambda i: process(lookup(i))), num_parallel_calls=parallel
@@ -354,38 +354,3 @@ def _padded_batches(batches, batch_size: int, max_boxes: int):
         for k, v in b.items()
       }
     yield b
-
-
-def create_image_file_iterator(
-  paths: Sequence[str], *, image_size: int
-) -> Iterator[dict]:
-  """Image files through the evaluation preprocessing, one by one, in order.
-
-  Each file is decoded as the file-based eval sources decode theirs
-  (`dataset.read_image_file`) and preprocessed by `eval_inputs`, inside
-  tf.data as the eval pipeline does, so an image of the eval set gives the
-  network the same input either way.
-
-  Args:
-    paths: image files.
-    image_size: model input side S.
-
-  Returns:
-    Iterator of numpy dicts, one per path: "image" float32 [S, S, 3]
-    normalised, "original" uint8 [H, W, 3] (the decoded file).
-
-  Raises:
-    ValueError: when `paths` is empty.
-  """
-  configure_tensorflow()
-  if not paths:
-    raise ValueError("create_image_file_iterator needs at least one path")
-
-  def process(path):
-    original = dataset.read_image_file(path)
-    image = eval_inputs(original, image_size)
-    return {"image": image, "original": original}
-
-  ds = tf.data.Dataset.from_tensor_slices(tf.constant(list(paths)))
-  ds = ds.map(_plain(process)).prefetch(2)
-  return ds.as_numpy_iterator()

@@ -21,28 +21,49 @@ inside the `tf.data` map. Conversions, done here once:
 
 Boxes are clipped to [0, 1] and boxes with no area are dropped in graph (no
 per-box log is possible there; tfds VOC and COCO have only a handful).
+
+Preparation (`prepare_tfds`, called by `load_tfds_parts`): a dataset not yet
+prepared in the data_dir is prepared by tfds' own builder from the release
+archives (`TFDS_ARCHIVES`) in the manual folder, offline, else downloaded;
+when neither can work, `DataNotFoundError` says at once what was looked for
+and the two ways to supply the data (the archives, or `data.root`).
 """
 
+import logging
+import os
+import socket
+import urllib.parse
 from collections.abc import Sequence
 
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-COCO_CLASSES = (
-  "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train",
-  "truck", "boat", "traffic light", "fire hydrant", "stop sign",
-  "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
-  "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag",
-  "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite",
-  "baseball bat", "baseball glove", "skateboard", "surfboard",
-  "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon",
-  "bowl", "banana", "apple", "sandwich", "orange", "broccoli", "carrot",
-  "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant",
-  "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote",
-  "keyboard", "cell phone", "microwave", "oven", "toaster", "sink",
-  "refrigerator", "book", "clock", "vase", "scissors", "teddy bear",
-  "hair drier", "toothbrush",
-)  # fmt: skip
+_log = logging.getLogger(__name__)
+
+# The release archives tfds prepares each config from (the file names of its
+# builder's url_infos), and the folder route that reads them extracted.
+TFDS_ARCHIVES = {
+  "voc/2007": ("VOCtrainval_06-Nov-2007.tar", "VOCtest_06-Nov-2007.tar"),
+  "voc/2012": ("VOCtrainval_11-May-2012.tar", "VOC2012test.tar"),
+  "coco/2017": (
+    "annotations_trainval2017.zip",
+    "image_info_test2017.zip",
+    "train2017.zip",
+    "val2017.zip",
+    "test2017.zip",
+  ),
+}
+FOLDER_ROUTES = {
+  "voc": "--config.data.root=/path/to/VOCdevkit (holding VOC2007/ and "
+  "VOC2012/, as the tars extract)",
+  "coco": "--config.data.root=/path/to/coco (holding annotations/"
+  "instances_{train,val}2017.json, train2017/ and val2017/)",
+}
+
+
+class DataNotFoundError(FileNotFoundError):
+  """A tfds dataset is not prepared, and cannot be prepared here."""
+
 
 # The paper's "07+12": VOC2007 trainval + VOC2012 trainval.
 VOC_07_12_TRAINVAL = "2007:train+validation,2012:train+validation"
@@ -89,6 +110,7 @@ def load_tfds_parts(
   data_dir: str | None = None,
   shard: tuple[int, int] = (0, 1),
   skip_decoding: bool = True,
+  manual_dir: str | None = None,
 ) -> list[tf.data.Dataset]:
   """Raw tfds examples of each (config, split) part, each in file order.
 
@@ -102,6 +124,8 @@ def load_tfds_parts(
     skip_decoding: leave "image" as encoded bytes (decoded later by
       `decode_voc` / `decode_coco`). tfds' default random mock cannot encode
       its own VOC examples, so tests with it pass False.
+    manual_dir: where `prepare_tfds` looks for the release archives (None:
+      tfds' `<data_dir>/downloads/manual`).
 
   Returns:
     One finite tf.data.Dataset of raw tfds example dicts per part, read
@@ -111,6 +135,7 @@ def load_tfds_parts(
   decoders = {"image": tfds.decode.SkipDecoding()} if skip_decoding else None
   parts = []
   for cfg, split in parse_split_spec(spec, default_config):
+    prepare_tfds(f"{name}/{cfg}", data_dir, manual_dir)
     if count > 1:
       split = tfds.even_splits(split, n=count, drop_remainder=True)[index]
     parts.append(
@@ -121,9 +146,119 @@ def load_tfds_parts(
         shuffle_files=False,
         decoders=decoders,
         read_config=tfds.ReadConfig(try_autocache=False),
+        download=False,  # prepare_tfds did it, or said why it could not.
       )
     )
   return parts
+
+
+def _reachable(url: str, timeout: float = 5.0) -> bool:
+  """Whether a TCP connection to the url's host opens within `timeout`."""
+  parts = urllib.parse.urlsplit(url)
+  port = parts.port or (443 if parts.scheme == "https" else 80)
+  try:
+    socket.create_connection((parts.hostname, port), timeout).close()
+  except OSError:
+    return False
+  return True
+
+
+def prepare_tfds(
+  name: str, data_dir: str | None = None, manual_dir: str | None = None
+):
+  """Makes sure a tfds dataset is prepared; returns its builder.
+
+  A prepared dataset is used as it is. Otherwise tfds prepares it from the
+  release archives (`TFDS_ARCHIVES`) found in `manual_dir`, with no
+  network; else it downloads them. When neither can work (archives missing
+  and the download host unreachable, or a failed download or preparation),
+  this raises at once with what was looked for and the two ways to supply
+  the data, instead of tfds' minutes of retries and a traceback.
+
+  Args:
+    name: "voc/2007", "voc/2012" or "coco/2017" (another tfds name is
+      prepared as tfds does, without the archive check).
+    data_dir: tfds data directory (None: tfds' default).
+    manual_dir: the archives' folder (None: `<data_dir>/downloads/manual`).
+
+  Returns:
+    The prepared `tfds.core.DatasetBuilder`.
+
+  Raises:
+    DataNotFoundError: the dataset cannot be prepared here; the message
+      names the archives, the folder searched and the folder route.
+  """
+  builder = tfds.builder(name, data_dir=data_dir)
+  if builder.is_prepared():
+    return builder
+  root = os.fspath(builder.data_dir_root)
+  manual_dir = manual_dir or os.path.join(root, "downloads", "manual")
+  archives = TFDS_ARCHIVES.get(name, ())
+  missing = [a for a in archives if not os.path.isfile(f"{manual_dir}/{a}")]
+  urls = {i.filename: u for u, i in (builder.url_infos or {}).items()}
+  family = name.split("/")[0]
+
+  def fail(reason: str, cause: BaseException | None = None):
+    folder = FOLDER_ROUTES.get(family)
+    lines = [
+      f"tfds dataset {name} is not prepared in {root} and cannot be "
+      f"prepared here: {reason}.",
+      "Supply the data in one of two ways:",
+      f"  1. put the release archives {list(archives)} in {manual_dir} "
+      "(or run once with network access, or set data.tfds_manual_dir); "
+      "tfds then prepares the dataset from them offline;",
+    ]
+    if folder:
+      lines.append(f"  2. read the extracted folders instead: {folder}.")
+    raise DataNotFoundError("\n".join(lines)) from cause
+
+  if archives and missing:
+    url = urls.get(missing[0], "")
+    if url and not _reachable(url):
+      fail(f"{missing} not in {manual_dir} and {url} is unreachable")
+  _log.info(
+    "preparing tfds %s in %s (archives from %s%s)",
+    name, root, manual_dir, ", downloading the missing" if missing else "",
+  )  # fmt: skip
+  try:
+    builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(
+        manual_dir=manual_dir, try_download_gcs=False
+      )
+    )
+  except Exception as e:  # noqa: BLE001 (network, checksum, archive errors)
+    fail(f"{type(e).__name__}: {e}", e)
+  return builder
+
+
+def count_objects(ds: tf.data.Dataset) -> tuple[int, int, int, int, int]:
+  """Counts one tfds part's images and boxes in one pass over its records.
+
+  Args:
+    ds: raw tfds `voc` or `coco` examples (images left encoded is fastest).
+
+  Returns:
+    (images, images with boxes, boxes, difficult boxes, crowd boxes), as
+    `dataset.log_counts` logs them. COCO has no difficult flag and VOC no
+    crowd one: those count 0.
+  """
+
+  def counts(raw):
+    objects = raw["objects"]
+    n = tf.shape(objects["label"], out_type=tf.int64)[0]
+    flags = [
+      tf.reduce_sum(tf.cast(objects[k], tf.int64)) if k in objects else 0
+      for k in ("is_difficult", "is_crowd")
+    ]
+    return tf.stack(
+      [tf.constant(1, tf.int64), tf.cast(n > 0, tf.int64), n]
+      + [tf.cast(f, tf.int64) for f in flags]
+    )
+
+  total = ds.map(counts, num_parallel_calls=tf.data.AUTOTUNE).reduce(
+    tf.zeros([5], tf.int64), lambda a, b: a + b
+  )
+  return tuple(int(v) for v in total.numpy())
 
 
 def dataset_size(ds: tf.data.Dataset) -> int:
@@ -145,7 +280,17 @@ def decode_image(image: tf.Tensor) -> tf.Tensor:
     uint8 [H, W, 3] RGB (grey expanded to three channels).
   """
   if image.dtype == tf.string:
-    image = tf.io.decode_image(image, channels=3, expand_animations=False)
+    # JPEGs (every tfds VOC and COCO image) with libjpeg's accurate IDCT, as
+    # PIL decodes them (`image.decode_image_file`, used by prediction); TF's
+    # default fast IDCT differs by a few levels.
+    is_jpeg = tf.strings.substr(image, 0, 3) == b"\xff\xd8\xff"
+    image = tf.cond(
+      is_jpeg,
+      lambda: tf.io.decode_jpeg(
+        image, channels=3, dct_method="INTEGER_ACCURATE"
+      ),
+      lambda: tf.io.decode_image(image, channels=3, expand_animations=False),
+    )
   image = tf.cast(image, tf.uint8)
   return tf.image.grayscale_to_rgb(image) if image.shape[-1] == 1 else image
 

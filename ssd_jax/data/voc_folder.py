@@ -33,9 +33,13 @@ from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import numpy as np
-from PIL import Image
 
-from ssd_jax.data.image import voc_pixels_to_normalized
+from ssd_jax.data.image import (
+  ImageHeader,
+  decode_image_file,
+  read_image_header,
+  voc_pixels_to_normalized,
+)
 
 VOC_CLASSES = (
   "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
@@ -119,20 +123,23 @@ def _find_image(root: str, image_id: str, xml_root) -> str:
   )
 
 
-def check_image_file(path: str) -> tuple[int, int]:
-  """Cheap validity check of an image file; returns (height, width).
+def check_image_file(path: str) -> ImageHeader:
+  """Cheap validity check of an image file; returns its header.
 
-  Reads the header (PIL) and, for JPEG, checks that the end-of-image marker
-  is present, which catches truncated files without decoding them.
+  Reads the header (`image.read_image_header`: format, mode, stored size,
+  EXIF orientation) and, for JPEG, checks that the end-of-image marker is
+  present, which catches truncated files without decoding them.
+
+  Returns:
+    The `ImageHeader`: `height`, `width` of the stored pixel grid (what the
+    annotations refer to) and the EXIF `orientation` tag (not applied).
 
   Raises:
-    ValueError: naming the file, when it is not a readable JPEG or PNG.
+    ValueError: naming the file (`image.ImageDecodeError`), when it is not
+      a readable JPEG or PNG in a mode the one decoder converts.
   """
-  try:
-    with Image.open(path) as im:
-      fmt, (width, height) = im.format, im.size
-  except (OSError, SyntaxError) as e:
-    raise ValueError(f"{path}: not a readable image ({e})") from e
+  header = read_image_header(path)
+  fmt = header.format
   if fmt not in ("JPEG", "PNG"):
     raise ValueError(f"{path}: unsupported image format {fmt}; use JPEG/PNG")
   if fmt == "JPEG":
@@ -141,7 +148,7 @@ def check_image_file(path: str) -> tuple[int, int]:
       f.seek(max(0, f.tell() - 1024))
       if b"\xff\xd9" not in f.read():
         raise ValueError(f"{path}: truncated JPEG (no end-of-image marker)")
-  return height, width
+  return header
 
 
 def _parse_annotation(
@@ -178,8 +185,15 @@ def _parse_annotation(
 
 
 class _Counts:
+  """Per-split tallies for `index_voc_folder`'s summary log line.
+
+  `oriented` counts images whose EXIF orientation tag is 2..8 (flipped or
+  rotated in viewers; read as stored), known only with `check_images`.
+  """
+
   def __init__(self):
     self.images = self.boxes = self.clipped = self.dropped = self.empty = 0
+    self.oriented = 0
 
 
 def _record(root, image_id, names, counts, check_images) -> VocRecord:
@@ -189,7 +203,9 @@ def _record(root, image_id, names, counts, check_images) -> VocRecord:
   xml_root, objects = _parse_annotation(xml_path, names)
   image_path = _find_image(root, image_id, xml_root)
   if check_images:
-    height, width = check_image_file(image_path)
+    header = check_image_file(image_path)
+    height, width = header.height, header.width
+    counts.oriented += header.orientation != 1
   else:
     try:
       height = int(xml_root.findtext("size/height"))
@@ -244,8 +260,15 @@ def index_voc_folder(
     root: the VOC folder (e.g. `VOCdevkit/VOC2007`).
     split: name of `ImageSets/Main/<split>.txt`.
     class_names: see `folder_class_names`.
-    check_images: read each image's header (size, format) and check JPEGs
-      for truncation; False trusts the XML `<size>`.
+    check_images: read each image's header (size, format, EXIF
+      orientation) and check JPEGs for truncation; False trusts the XML
+      `<size>`.
+
+  Images are read as stored: an EXIF orientation tag is not applied, as
+  VOC's boxes (and those of most annotation tools) refer to the stored
+  pixel grid. Tools differ, so images tagged 2..8 (shown flipped or rotated
+  by viewers) are counted in the summary log line, with one warning per
+  split when there are any: check such boxes against the stored pixels.
 
   Returns:
     One `VocRecord` per id, in the order of the split file.
@@ -269,24 +292,33 @@ def index_voc_folder(
   _log.log(
     level,
     "VOC folder %s split %s: %d images, %d boxes; %d clipped, %d dropped "
-    "as unusable; %d images with no boxes",
+    "as unusable; %d images with no boxes; %d with an EXIF orientation "
+    "tag (read as stored)",
     root, split, counts.images, counts.boxes, counts.clipped,
-    counts.dropped, counts.empty,
+    counts.dropped, counts.empty, counts.oriented,
   )  # fmt: skip
+  if counts.oriented:
+    _log.warning(
+      "VOC folder %s split %s: %d image(s) carry an EXIF orientation tag "
+      "(viewers show them flipped or rotated); training reads the stored "
+      "pixel grid, which VOC-style boxes refer to. If your annotation tool "
+      "drew boxes on the rotated view, re-save those images upright.",
+      root, split, counts.oriented,
+    )  # fmt: skip
   return records
 
 
 def load_image(path: str) -> np.ndarray:
-  """Decodes an image file to uint8 RGB [H, W, 3].
+  """Decodes a training/evaluation image file to uint8 RGB [H, W, 3].
+
+  The one decoder (`image.decode_image_file`) without the EXIF orientation:
+  the stored pixel grid, which the annotations refer to.
 
   Raises:
-    ValueError: naming the file, when it cannot be decoded completely.
+    ValueError: naming the file (`image.ImageDecodeError`), when it cannot
+      be decoded completely.
   """
-  try:
-    with Image.open(path) as im:
-      return np.asarray(im.convert("RGB"))
-  except (OSError, SyntaxError) as e:
-    raise ValueError(f"{path}: cannot decode image ({e})") from e
+  return decode_image_file(path, apply_exif=False).pixels
 
 
 def read_voc_folder(root: str, split: str, class_names=None) -> Iterator[dict]:
@@ -328,32 +360,89 @@ def read_voc_folder(root: str, split: str, class_names=None) -> Iterator[dict]:
     }
 
 
-def records_to_arrays(records: Sequence[VocRecord]) -> dict:
-  """Stacks records into padded arrays for random access in tf.data.
+# Split names of the tfds `voc` builder -> the devkit's split files, so one
+# split spec (e.g. "2007:train+validation") reads the same images both ways.
+_TFDS_SPLIT_FILES = {"train+validation": "trainval", "validation": "val"}
+DEVKIT_ALIASES = {
+  "07+12": "2007:trainval,2012:trainval",  # The paper's "07+12".
+  "07": "2007:trainval",
+  "12": "2012:trainval",
+  "test07": "2007:test",
+}
+
+
+def devkit_parts(spec: str) -> list[tuple[str, str]]:
+  """Parses a VOCdevkit split spec into [(year folder, split file)].
+
+  Args:
+    spec: "YEAR:SPLIT[,YEAR:SPLIT...]" (e.g. "2007:trainval,2012:trainval";
+      YEAR may be written "VOC2007"), or an alias of `DEVKIT_ALIASES`
+      ("07+12", "07", "12", "test07"). The tfds split names
+      "train+validation" and "validation" are accepted for "trainval" and
+      "val", so the configs' tfds specs read the same images from folders.
 
   Returns:
-    Dict with leading dimension N: "image_path" str [N], "boxes" float32
-    [N, M, 4], "labels" int32 [N, M] (0 = padding), "difficult" and
-    "is_crowd" bool [N, M], "num_boxes" int32 [N], "image_id" str [N],
-    "original_size" int32 [N, 2], where M = max(1, most boxes in an image).
+    [("VOC2007", "trainval"), ...], in the order given.
+
+  Raises:
+    ValueError: for an empty spec or a part without "YEAR:".
   """
-  n = len(records)
-  m = max([1] + [len(r.labels) for r in records])
-  out = {
-    "image_path": np.asarray([r.image_path for r in records], object),
-    "boxes": np.zeros((n, m, 4), np.float32),
-    "labels": np.zeros((n, m), np.int32),
-    "difficult": np.zeros((n, m), bool),
-    "is_crowd": np.zeros((n, m), bool),
-    "num_boxes": np.asarray([len(r.labels) for r in records], np.int32),
-    "image_id": np.asarray([r.image_id for r in records], object),
-    "original_size": np.asarray(
-      [r.original_size for r in records], np.int32
-    ).reshape(n, 2),
-  }
-  for i, r in enumerate(records):
-    g = len(r.labels)
-    out["boxes"][i, :g] = r.boxes
-    out["labels"][i, :g] = r.labels
-    out["difficult"][i, :g] = r.difficult
-  return out
+  spec = DEVKIT_ALIASES.get(spec.strip(), spec)
+  parts = []
+  for part in filter(None, (p.strip() for p in spec.split(","))):
+    year, sep, name = part.partition(":")
+    if not sep or not year.strip() or not name.strip():
+      raise ValueError(
+        f"VOCdevkit split {part!r} must be YEAR:SPLIT (e.g. 2007:trainval) "
+        f"or one of {sorted(DEVKIT_ALIASES)}"
+      )
+    year, name = year.strip(), name.strip()
+    folder = year if year.upper().startswith("VOC") else f"VOC{year}"
+    parts.append((folder, _TFDS_SPLIT_FILES.get(name, name)))
+  if not parts:
+    raise ValueError(f"empty VOCdevkit split spec {spec!r}")
+  return parts
+
+
+def index_voc_devkit(
+  root: str, spec: str, class_names=None, check_images: bool = True
+) -> list[VocRecord]:
+  """Indexes the year folders of a `VOCdevkit/` (e.g. 07+12 trainval).
+
+  Args:
+    root: the `VOCdevkit` folder, holding `VOC2007/` and/or `VOC2012/`, each
+      a VOC folder (see `index_voc_folder`).
+    spec: see `devkit_parts`.
+    class_names: see `folder_class_names` (default: the 20 VOC classes).
+    check_images: see `index_voc_folder`.
+
+  Returns:
+    The records of every part, part after part, each in split-file order.
+    Image ids stay the devkit's (2007 "000005", 2012 "2008_000002": they
+    cannot collide).
+
+  Raises:
+    FileNotFoundError: naming the missing year folder (with a hint when
+      `root` is itself a year folder), or what `index_voc_folder` raises.
+  """
+  parts, records = devkit_parts(spec), []
+  for folder, split in parts:
+    path = os.path.join(root, folder)
+    if not os.path.isdir(path):
+      hint = ""
+      if os.path.isdir(os.path.join(root, "ImageSets")):
+        hint = (
+          f"; {root} looks like one year's folder: point data.root at the "
+          "VOCdevkit folder above it"
+        )
+      raise FileNotFoundError(
+        f"VOCdevkit year folder not found: {path} (data.root must be the "
+        f"VOCdevkit folder holding VOC2007/ and VOC2012/){hint}"
+      )
+    records += index_voc_folder(path, split, class_names, check_images)
+  if len(parts) > 1:
+    _log.info(
+      "VOCdevkit %s split %s: %d images, %d boxes in all",
+      root, spec, len(records), sum(len(r.labels) for r in records),
+    )  # fmt: skip
+  return records

@@ -34,7 +34,9 @@ from SSD300_PRIORS only in size (scales 0.07, 0.15, ... 1.05 of 300):
 `TORCHVISION_SSD300_PRIORS` reproduces them.
 
 Every key of the state dict is accounted for: a missing, unexpected or
-misshapen key is an error that names it.
+misshapen key, a non-floating-point array and NaN/inf values are errors that
+name the key (`ssd_jax.weights.io.check_array`; floating arrays of any
+precision are cast to float32).
 """
 
 from collections.abc import Mapping
@@ -48,6 +50,7 @@ from flax import traverse_util
 from ssd_jax.default_boxes import TORCHVISION_SSD300_PRIORS
 from ssd_jax.models.backbones.vgg import VGG16, VGG16_STAGES
 from ssd_jax.models.ssd import SSD
+from ssd_jax.weights.io import check_array
 
 Params = dict[str, Any]
 
@@ -87,14 +90,11 @@ class _Converter:
     self.out: dict[str, np.ndarray] = {}
 
   def take(self, key: str, torch_shape: tuple[int, ...]) -> np.ndarray:
+    """`state_dict[key]` as float32 after `io.check_array` (dtype, shape,
+    finite values), errors naming `key`."""
     if key not in self.state_dict:
       raise KeyError(f"missing key in state dict: {key!r}")
-    value = np.asarray(self.state_dict[key], dtype=np.float32)
-    if value.shape != tuple(torch_shape):
-      raise ValueError(
-        f"shape mismatch for {key!r}: got {value.shape}, expected "
-        f"{tuple(torch_shape)}"
-      )
+    value = check_array(key, self.state_dict[key], torch_shape)
     self.used.add(key)
     return value
 
@@ -147,7 +147,9 @@ def from_torchvision_vgg16(
 
   Raises:
     KeyError: naming a missing or unexpected key.
-    ValueError: naming a key whose shape is wrong.
+    TypeError: naming a key whose array is not floating point.
+    ValueError: naming a key whose shape is wrong or whose values are not
+      all finite.
   """
   expected = _vgg_shapes(width)
   conv = _Converter(state_dict, {"vgg": expected})
@@ -196,7 +198,9 @@ def from_torchvision_ssd300(
 
   Raises:
     KeyError: naming a missing or unexpected key.
-    ValueError: naming a key whose shape is wrong.
+    TypeError: naming a key whose array is not floating point.
+    ValueError: naming a key whose shape is wrong or whose values are not
+      all finite.
   """
   num_classes = num_classes_of_ssd300(state_dict)
   model = SSD(
