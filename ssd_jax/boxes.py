@@ -12,7 +12,14 @@ gets numpy arrays in the dtype it gave (float64 for NMS and VOC AP);
 TensorFlow graphs (the tf.data augmentation) pass
 `xp=tensorflow.experimental.numpy` and get `tf.Tensor`s. Only array-module
 functions shared by all three are used: `asarray`, `maximum`, `minimum`,
-`where`, `concatenate`, `exp`, `log`, and indexing with `None`.
+`where`, `concatenate`, `exp`, `log`, `finfo`, and indexing with `None`.
+
+Shapes are checked on the static shape (`_check_boxes`, `_check_broadcast`):
+a wrong last axis, rank or batch shape is a ValueError naming the function
+and the argument, never a silent result of the wrong columns (an unknown
+TensorFlow graph dimension passes). Arithmetic is in the inputs' dtype, so
+results are finite for boxes whose areas are finite in it (all of [0, 1]
+and any pixel box in float32; float16 pixel boxes overflow from 256 px).
 """
 
 import math
@@ -20,12 +27,77 @@ from collections.abc import Sequence
 from types import ModuleType
 
 import jax.numpy as jnp
+import numpy as np
 
 Variances = Sequence[float]
 DEFAULT_VARIANCES = (0.1, 0.2)
 # Largest log size ratio `decode` will apply (torchvision's bound): keeps an
 # untrained network's wild offsets from overflowing exp() to inf.
 MAX_LOG_SCALE = math.log(1000.0 / 16)
+
+
+def _static_shape(array) -> tuple | None:
+  """The static shape as a tuple (None for an unknown TensorFlow dim or
+  rank: a graph tensor's shape may be partly unknown when traced)."""
+  try:
+    return tuple(array.shape)
+  except ValueError:  # TensorShape of unknown rank.
+    return None
+
+
+def _check_boxes(fn: str, name: str, array, spec: str = "[..., 4]") -> None:
+  """Raises unless `array` is `spec`: "[..., 4]" (rank >= 1) or "[N, 4]".
+
+  Args:
+    fn: the public function, named in the error.
+    name: the argument, named in the error.
+    array: an array of the function's array module.
+    spec: "[..., 4]" for any leading axes, or a rank-2 spec such as
+      "[N, 4]" or "[P, 4]".
+
+  Raises:
+    ValueError: "fn: name must be SPEC, got shape (...)".
+  """
+  shape = _static_shape(array)
+  if shape is None:
+    return
+  any_rank = spec.startswith("[...")
+  if (
+    not shape
+    or shape[-1] not in (4, None)
+    or (not any_rank and len(shape) != 2)
+  ):
+    raise ValueError(f"{fn}: {name} must be {spec}, got shape {shape}")
+
+
+def _check_broadcast(fn: str, names: tuple[str, str], a, b) -> None:
+  """Raises unless the leading axes of `a` and `b` broadcast together.
+
+  Raises:
+    ValueError: naming `fn`, both arguments and their shapes.
+  """
+  shape_a, shape_b = _static_shape(a), _static_shape(b)
+  if shape_a is None or shape_b is None:
+    return
+  known = lambda s: tuple(1 if d is None else d for d in s[:-1])
+  try:
+    np.broadcast_shapes(known(shape_a), known(shape_b))
+  except ValueError:
+    raise ValueError(
+      f"{fn}: the leading axes of {names[0]} {shape_a} and {names[1]} "
+      f"{shape_b} do not broadcast together"
+    ) from None
+
+
+def _check_variances(fn: str, variances) -> tuple:
+  """`variances` as a 2-tuple (centre, size), else a ValueError."""
+  try:
+    v0, v1 = variances
+  except (TypeError, ValueError):
+    raise ValueError(
+      f"{fn}: variances must be two numbers (centre, size), got {variances!r}"
+    ) from None
+  return v0, v1
 
 
 def center_to_corners(boxes, *, xp: ModuleType = jnp):
@@ -37,8 +109,12 @@ def center_to_corners(boxes, *, xp: ModuleType = jnp):
 
   Returns:
     [..., 4] `(x_min, y_min, x_max, y_max)`.
+
+  Raises:
+    ValueError: if `boxes` does not end in an axis of 4.
   """
   boxes = xp.asarray(boxes)
+  _check_boxes("center_to_corners", "boxes", boxes)
   half = boxes[..., 2:] / 2  # [..., 2]
   return xp.concatenate([boxes[..., :2] - half, boxes[..., :2] + half], -1)
 
@@ -52,8 +128,12 @@ def corners_to_center(boxes, *, xp: ModuleType = jnp):
 
   Returns:
     [..., 4] `(cx, cy, w, h)`.
+
+  Raises:
+    ValueError: if `boxes` does not end in an axis of 4.
   """
   boxes = xp.asarray(boxes)
+  _check_boxes("corners_to_center", "boxes", boxes)
   return xp.concatenate(
     [(boxes[..., :2] + boxes[..., 2:]) / 2, boxes[..., 2:] - boxes[..., :2]],
     -1,
@@ -72,8 +152,12 @@ def box_area(boxes, *, inclusive: bool = False, xp: ModuleType = jnp):
 
   Returns:
     [...] areas, >= 0.
+
+  Raises:
+    ValueError: if `boxes` does not end in an axis of 4.
   """
   boxes = xp.asarray(boxes)
+  _check_boxes("box_area", "boxes", boxes)
   w = boxes[..., 2] - boxes[..., 0]  # [...]
   h = boxes[..., 3] - boxes[..., 1]  # [...]
   if inclusive:
@@ -101,9 +185,16 @@ def elementwise_iou(
 
   Returns:
     [...] IoU in [0, 1], the broadcast shape without the last axis.
+
+  Raises:
+    ValueError: if a box array does not end in an axis of 4, or their
+      leading axes do not broadcast.
   """
   boxes1 = xp.asarray(boxes1)
   boxes2 = xp.asarray(boxes2)
+  _check_boxes("elementwise_iou", "boxes1", boxes1)
+  _check_boxes("elementwise_iou", "boxes2", boxes2)
+  _check_broadcast("elementwise_iou", ("boxes1", "boxes2"), boxes1, boxes2)
   # Coordinate by coordinate: no [..., 2] intermediates (3x faster in numpy).
   iw = xp.minimum(boxes1[..., 2], boxes2[..., 2]) - xp.maximum(
     boxes1[..., 0], boxes2[..., 0]
@@ -139,9 +230,14 @@ def pairwise_iou(
 
   Returns:
     [N, M] IoU in [0, 1].
+
+  Raises:
+    ValueError: if a box array is not [N, 4] / [M, 4].
   """
   boxes1 = xp.asarray(boxes1)
   boxes2 = xp.asarray(boxes2)
+  _check_boxes("pairwise_iou", "boxes1", boxes1, "[N, 4]")
+  _check_boxes("pairwise_iou", "boxes2", boxes2, "[M, 4]")
   return elementwise_iou(
     boxes1[:, None, :], boxes2[None, :, :], inclusive=inclusive, xp=xp
   )  # [N, M]
@@ -158,7 +254,8 @@ def encode(
 
   `((cx - pcx) / (pw v0), (cy - pcy) / (ph v0), log(w / pw) / v1,
   log(h / ph) / v1)`. Degenerate boxes (w or h 0) are clamped to a tiny
-  size so the log stays finite; such boxes never match a prior anyway.
+  size (1e-8; float16: its smallest normal number) so the log stays finite;
+  such boxes never match a prior anyway.
 
   Args:
     boxes: [P, 4] corners, one box per prior.
@@ -168,12 +265,23 @@ def encode(
 
   Returns:
     [P, 4] offsets `(dcx, dcy, dw, dh)`.
+
+  Raises:
+    ValueError: if `boxes` is not [..., 4], `priors` not [P, 4], their
+      leading axes do not broadcast, or `variances` is not two numbers.
   """
-  centre = corners_to_center(boxes, xp=xp)  # [P, 4]
+  boxes = xp.asarray(boxes)
   priors = xp.asarray(priors)
-  v0, v1 = variances
+  _check_boxes("encode", "boxes", boxes)
+  _check_boxes("encode", "priors", priors, "[P, 4]")
+  _check_broadcast("encode", ("boxes", "priors"), boxes, priors)
+  v0, v1 = _check_variances("encode", variances)
+  centre = corners_to_center(boxes, xp=xp)  # [P, 4]
   dxy = (centre[..., :2] - priors[..., :2]) / (priors[..., 2:] * v0)
-  wh = xp.maximum(centre[..., 2:], 1e-8)
+  # 1e-8, or the dtype's smallest normal number where 1e-8 is not one (it
+  # is 0 in float16, and log(0) = -inf).
+  tiny = max(1e-8, float(xp.finfo(centre.dtype).tiny))
+  wh = xp.maximum(centre[..., 2:], tiny)
   dwh = xp.log(wh / priors[..., 2:]) / v1
   return xp.concatenate([dxy, dwh], -1)
 
@@ -200,10 +308,17 @@ def decode(
 
   Returns:
     [..., P, 4] corners.
+
+  Raises:
+    ValueError: if `deltas` is not [..., 4], `priors` not [P, 4], their
+      leading axes do not broadcast, or `variances` is not two numbers.
   """
   deltas = xp.asarray(deltas)
   priors = xp.asarray(priors)
-  v0, v1 = variances
+  _check_boxes("decode", "deltas", deltas)
+  _check_boxes("decode", "priors", priors, "[P, 4]")
+  _check_broadcast("decode", ("deltas", "priors"), deltas, priors)
+  v0, v1 = _check_variances("decode", variances)
   cxcy = priors[..., :2] + deltas[..., :2] * v0 * priors[..., 2:]
   log_scale = xp.minimum(deltas[..., 2:] * v1, MAX_LOG_SCALE)
   half = priors[..., 2:] * xp.exp(log_scale) / 2  # [..., P, 2]

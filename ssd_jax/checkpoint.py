@@ -243,9 +243,12 @@ class Checkpointer:
     if template is None:
       raw = self._manager.restore(step, args=ocp.args.StandardRestore())
       return jax.tree.map(np.asarray, raw)
+    full = flax.serialization.to_state_dict(template)
     target = _state_dict(template)
     raw = self._manager.restore(step, args=ocp.args.StandardRestore(target))
     raw = jax.tree.map(np.asarray, raw)
+    # Entries left out as empty (see `_state_dict`) come back empty.
+    raw.update({k: v for k, v in full.items() if k not in raw})
     return flax.serialization.from_state_dict(template, raw)
 
   def _reads(self, step: int) -> bool:
@@ -336,27 +339,44 @@ def _free_name(path: str) -> str:
 
 
 def _state_dict(state: Any) -> Any:
+  """The tree a checkpoint holds: numpy leaves; empty top-level entries
+  (a VGG model's `batch_stats`, {}) are left out, so the checkpoints of
+  models without them are as they were before the field existed."""
   host = jax.device_get(flax.serialization.to_state_dict(state))
+  if isinstance(host, dict):
+    host = {
+      k: v for k, v in host.items() if not (isinstance(v, dict) and not v)
+    }
   return jax.tree.map(np.asarray, host)
 
 
 def init_params_from(path: str, params: Any) -> tuple[Any, str]:
-  """Initialises parameters from a training run or converted weights.
+  """`init_variables_from` for a parameter tree alone: (params, report)."""
+  variables, report = init_variables_from(path, {"params": params})
+  return variables["params"], report
 
-  `path` may be a training workdir or its `checkpoints/` folder (the params
-  of its newest readable step: `Checkpointer.restore_latest`, read-only), or
-  a weights checkpoint written by `ssd_jax.weights` (`python -m
-  ssd_jax.weights ...`, read with `weights.load_params`; a VGG16 import
-  holds only the trunk). Both are checked by
-  `weights.io.merge_params_report`; leaves whose shape differs (e.g. class
-  heads for another class count) stay as initialised.
+
+def init_variables_from(
+  path: str, variables: dict[str, Any]
+) -> tuple[dict[str, Any], str]:
+  """Initialises a model's variables from a training run or converted weights.
+
+  `path` may be a training workdir or its `checkpoints/` folder (the
+  variables of its newest readable step: `Checkpointer.restore_latest`,
+  read-only), or a weights checkpoint written by `ssd_jax.weights` (`python
+  -m ssd_jax.weights ...`, read with `weights.load_variables`; a VGG16 or
+  ResNet-50 / MobileNetV3 ImageNet import holds only the trunk). Each
+  collection ("params", and a BatchNorm model's "batch_stats") is checked
+  and merged by `weights.io.merge_params_report`; leaves whose shape
+  differs (e.g. class heads for another class count) stay as initialised.
 
   Args:
     path: folder.
-    params: the freshly initialised parameter tree.
+    variables: the freshly initialised variables ({"params"} and, for a
+      BatchNorm model, {"batch_stats"}).
 
   Returns:
-    (params, one-line report of what was loaded and what was kept).
+    (variables, one-line report of what was loaded and what was kept).
 
   Raises:
     FileNotFoundError: when `path` does not exist or holds no checkpoint.
@@ -384,16 +404,25 @@ def init_params_from(path: str, params: Any) -> tuple[Any, str]:
       ckpt.close()
     if restored is None:
       raise FileNotFoundError(f"config.init_from={path!r}: no checkpoint")
-    step, tree = restored
-    source, source_name = tree["params"], f"{path} (step {step})"
+    step, source = restored
+    source_name = f"{path} (step {step})"
   else:
-    source = weights.load_params(path)
-  merged = merge_params_report(params, source, skip_mismatched=True)
-  total = len(jax.tree.leaves(params))
+    source = weights.load_variables(path)
+  out, loaded, skipped = dict(variables), 0, {}
+  for collection in variables:
+    if not source.get(collection):
+      continue
+    merged = merge_params_report(
+      variables[collection], source[collection], skip_mismatched=True
+    )
+    out[collection] = merged.params
+    loaded += len(merged.loaded)
+    skipped.update({f"{collection}/{k}": v for k, v in merged.skipped.items()})
+  total = len(jax.tree.leaves(variables))
   summary = (
-    f"{len(merged.loaded)} of {total} parameter arrays loaded from "
-    f"{source_name} ({len(merged.skipped)} kept as initialised for shape"
+    f"{loaded} of {total} arrays loaded from {source_name} "
+    f"({len(skipped)} kept as initialised for shape"
   )
-  if merged.skipped:
-    summary += ": " + "; ".join(f"{k} {v}" for k, v in merged.skipped.items())
-  return merged.params, summary + ")"
+  if skipped:
+    summary += ": " + "; ".join(f"{k} {v}" for k, v in skipped.items())
+  return out, summary + ")"

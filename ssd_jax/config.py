@@ -86,6 +86,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(
     {
       "name": "ssd300",
+      # "vgg16" (the paper's SSD: `name` ssd300 / ssd512 / ssd), "resnet50"
+      # (NVIDIA's SSD300 v1.1) or "mobilenet_v3_large" (torchvision's
+      # SSDLite); see `ssd_jax.models.from_config`.
+      "backbone": "vgg16",
+      # BatchNorm models: use the running statistics in training, no
+      # updates (for small per-device batches).
+      "freeze_batch_norm": False,
       "image_size": 300,
       "width": 1.0,
       "dtype": "float32",
@@ -107,6 +114,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.warmup_init_factor = 0.1
   c.lr_boundaries = (80_000, 100_000)
   c.lr_decay_factor = 0.1
+  c.lr_schedule = "piecewise"  # Or "cosine" over num_steps (no boundaries).
   c.momentum = 0.9
   c.weight_decay = 5e-4
   c.grad_clip_norm = 0.0  # 0: no clipping.

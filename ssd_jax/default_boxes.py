@@ -14,6 +14,7 @@ network has is the model's business (`ssd_jax.models.feature_sizes`).
 """
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -75,6 +76,20 @@ def boxes_per_location(aspect_ratios: Sequence[float]) -> int:
   return 2 + 2 * len(aspect_ratios)
 
 
+def _check_positive(name: str, values: Sequence) -> None:
+  """Raises unless every value is a real number, finite and > 0.
+
+  Raises:
+    ValueError: "NAME must be positive finite numbers, got ...".
+  """
+  for v in values:
+    real = isinstance(v, numbers.Real) and not isinstance(v, bool)
+    if not (real and math.isfinite(v) and v > 0):
+      raise ValueError(
+        f"{name} must be positive finite numbers, got {list(values)}"
+      )
+
+
 def paper_sizes(
   image_size: float,
   num_maps: int,
@@ -109,13 +124,17 @@ def paper_sizes(
     (min_sizes, max_sizes), each a tuple of `num_maps` floats in pixels.
 
   Raises:
-    ValueError: on fewer maps than the rule needs or scales out of order.
+    ValueError: on fewer maps than the rule needs, scales out of order, or
+      a size or scale that is not a positive finite number.
   """
   m = num_maps - (first_scale is not None)
   if m < 2:
     raise ValueError(f"paper_sizes needs at least 2 maps on the rule, got {m}")
-  if not 0 < s_min < s_max:
-    raise ValueError(f"need 0 < s_min < s_max, got {s_min}, {s_max}")
+  if not 0 < s_min < s_max < math.inf:
+    raise ValueError(f"need 0 < s_min < s_max finite, got {s_min}, {s_max}")
+  _check_positive("image_size", [image_size])
+  if first_scale is not None:
+    _check_positive("first_scale", [first_scale])
   if caffe_rounding:
     lo, hi = round(s_min * 100), round(s_max * 100)
     step = math.floor((hi - lo) / (m - 1)) / 100
@@ -158,8 +177,9 @@ def default_boxes(
     [P, 4] float32 `(cx, cy, w, h)`, P = sum_k f_k^2 (2 + 2 len(ratios_k)).
 
   Raises:
-    ValueError: when the per-map sequences differ in length or a size is not
-      positive.
+    ValueError: naming the argument, when the per-map sequences differ in
+      length, a feature size is not a positive integer, or a size, step or
+      ratio is not a positive finite number.
   """
   per_map = (steps, min_sizes, max_sizes, aspect_ratios)
   if any(len(x) != len(feature_sizes) for x in per_map):
@@ -168,11 +188,25 @@ def default_boxes(
       f" one entry per map; got lengths {len(feature_sizes)}, "
       f"{[len(x) for x in per_map]}"
     )
-  all_sizes = (*feature_sizes, *steps, *min_sizes, *max_sizes, image_size)
-  if min(all_sizes, default=1) <= 0:
-    raise ValueError("sizes and steps must be positive")
-  if any(r <= 0 for rs in aspect_ratios for r in rs):
-    raise ValueError(f"aspect ratios must be positive, got {aspect_ratios}")
+  _check_positive("image_size", [image_size])
+  for name, values in zip(
+    ("steps", "min_sizes", "max_sizes"), per_map[:3], strict=True
+  ):
+    _check_positive(name, values)
+  if not all(
+    isinstance(f, numbers.Integral) and not isinstance(f, bool) and f > 0
+    for f in feature_sizes
+  ):
+    raise ValueError(
+      f"feature_sizes must be positive integers, got {feature_sizes}"
+    )
+  for rs in aspect_ratios:
+    if isinstance(rs, str) or not isinstance(rs, Sequence):
+      raise ValueError(
+        "aspect_ratios must hold one sequence of ratios per map, got "
+        f"{aspect_ratios}"
+      )
+    _check_positive("aspect ratios", rs)
   out = []
   for f, step, lo, hi, ratios in zip(
     feature_sizes, steps, min_sizes, max_sizes, aspect_ratios, strict=True
@@ -285,3 +319,55 @@ NAMED_PRIORS: dict[str, dict[int, PriorConfig] | None] = {
   "coco": {300: SSD300_COCO_PRIORS, 512: SSD512_COCO_PRIORS},
   "torchvision": {300: TORCHVISION_SSD300_PRIORS},
 }
+
+
+def torchvision_prior_config(
+  image_size: int,
+  feature_sizes: Sequence[int],
+  aspect_ratios: Sequence[Sequence[float]],
+  min_ratio: float = 0.15,
+  max_ratio: float = 0.9,
+) -> TorchvisionPriorConfig:
+  """torchvision's `DefaultBoxGenerator(aspect_ratios, min_ratio, max_ratio)`.
+
+  The generator without explicit `scales` or `steps` (as SSDLite uses it),
+  on square maps of these sides: scales `s_k = min_ratio + (max_ratio -
+  min_ratio) k / (m - 1)` for the m maps, then 1.0 appended (one map:
+  `[min_ratio, max_ratio]`); map k has min size `s_k`, max size `s_{k+1}`
+  (its extra square `sqrt(s_k s_{k+1})`) and centres `(j + 0.5) / f_k`
+  (step `image_size / f_k`); widths and heights clamped to [0, 1].
+
+  Args:
+    image_size: input side in pixels.
+    feature_sizes: side of each map, as the network computes them.
+    aspect_ratios: per map, the ratios r (each used as r and 1 / r).
+    min_ratio: the first map's scale, a fraction of the input.
+    max_ratio: the last map's scale.
+
+  Returns:
+    A TorchvisionPriorConfig; `prior_boxes` of it gives torchvision's boxes
+    in its (and this module's) order.
+
+  Raises:
+    ValueError: on no maps, or ratios not given for every map.
+  """
+  sizes = tuple(int(f) for f in feature_sizes)
+  if not sizes or len(aspect_ratios) != len(sizes):
+    raise ValueError(
+      "torchvision_prior_config needs one aspect_ratios entry per map; got "
+      f"{len(aspect_ratios)} for feature_sizes {sizes}"
+    )
+  m = len(sizes)
+  if m > 1:
+    span = max_ratio - min_ratio  # torchvision's arithmetic, term by term
+    scales = [min_ratio + span * k / (m - 1.0) for k in range(m)] + [1.0]
+  else:
+    scales = [min_ratio, max_ratio]
+  return TorchvisionPriorConfig(
+    image_size=image_size,
+    feature_sizes=sizes,
+    steps=tuple(image_size / f for f in sizes),
+    min_sizes=tuple(image_size * s for s in scales[:-1]),
+    max_sizes=tuple(image_size * s for s in scales[1:]),
+    aspect_ratios=tuple(tuple(float(r) for r in rs) for rs in aspect_ratios),
+  )

@@ -116,19 +116,22 @@ def _flatten(
 ) -> _Flat:
   """Validates per-image tuples and concatenates them.
 
-  Labels must be integers in 1..num_classes-1 (num_classes None: >= 1).
+  Labels must be integers in 1..num_classes-1 (num_classes None: >= 1);
+  boxes and scores must be finite numbers.
 
   Raises:
     ValueError: naming the image index and field that is wrong.
   """
   boxes, scores, labels, flags, image = [], [], [], [], []
+  fields = "(boxes, labels, difficult)" if is_gt else "(boxes, scores, labels)"
   for i, item in enumerate(items):
-    if len(item) != 3:
-      raise ValueError(
-        f"{fn}: {name}[{i}] must be a 3-tuple "
-        + ("(boxes, labels, difficult)" if is_gt else "(boxes, scores, labels)")
-        + f", got length {len(item)}"
-      )
+    where = f"{fn}: {name}[{i}]"
+    try:
+      got = f"length {len(item)}"
+    except TypeError:  # Not a sequence at all.
+      got = f"a {type(item).__name__}"
+    if got != "length 3":
+      raise ValueError(f"{where} must be a 3-tuple {fields}, got {got}")
     if is_gt:
       b, lab, difficult = item
       lab = np.asarray(lab).reshape(-1)
@@ -139,25 +142,25 @@ def _flatten(
       checked = (("labels", lab), ("difficult", flag))
     else:
       b, score, lab = item
-      score = np.asarray(score, np.float64).reshape(-1)
+      score = _finite(where, "scores", score).reshape(-1)
       lab = np.asarray(lab).reshape(-1)
       flag = np.zeros(lab.shape, bool)
       checked = (("scores", score), ("labels", lab))
-    b = np.asarray(b, np.float64)
+    b = _finite(where, "boxes", b)
     if b.size == 0:
       b = b.reshape(0, 4)
     if b.ndim != 2 or b.shape[1] != 4:
-      raise ValueError(f"{fn}: {name}[{i}] boxes must be [N, 4], got {b.shape}")
+      raise ValueError(f"{where} boxes must be [N, 4], got {b.shape}")
     n = b.shape[0]
     for field, arr in checked:
       if arr.shape != (n,):
         raise ValueError(
-          f"{fn}: {name}[{i}] {field} must be [{n}] (one per box), got shape "
-          f"{arr.shape}"
+          f"{where} {field} must be [{n}] (one per box), got shape {arr.shape}"
         )
     top = np.inf if num_classes is None else num_classes - 1
     if n and (
-      not np.all(np.equal(np.mod(lab, 1), 0))
+      lab.dtype.kind not in "biuf"
+      or not np.all(np.equal(np.mod(lab, 1), 0))
       or lab.min() < 1
       or lab.max() > top
     ):
@@ -182,11 +185,33 @@ def _flatten(
   )
 
 
-def _check_inputs(fn, detections, ground_truths, num_classes=None):
-  if num_classes is not None and num_classes < 2:
+def _finite(where: str, field: str, value) -> np.ndarray:
+  """`value` as a float64 array; raises unless all its numbers are finite.
+
+  A NaN box would otherwise score as a miss (VOC) or as a hit
+  (pycocotools), and a NaN score would rank anywhere.
+  """
+  try:
+    array = np.asarray(value, np.float64)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"{where} {field} must be numbers ({e})") from None
+  if not np.all(np.isfinite(array)):
     raise ValueError(
-      f"{fn}: num_classes must be >= 2 (background + classes), got "
-      f"{num_classes}"
+      f"{where} {field} must be finite, got {np.sum(~np.isfinite(array))} "
+      "NaN or infinite value(s)"
+    )
+  return array
+
+
+def _check_inputs(fn, detections, ground_truths, num_classes=None):
+  if num_classes is not None and (
+    not isinstance(num_classes, int | np.integer)
+    or isinstance(num_classes, bool)
+    or num_classes < 2
+  ):
+    raise ValueError(
+      f"{fn}: num_classes must be >= 2 (background + classes), an integer, "
+      f"got {num_classes!r}"
     )
   if len(detections) != len(ground_truths):
     raise ValueError(
@@ -341,8 +366,9 @@ def evaluate_voc(
     with ground truth but no detections has AP 0.
 
   Raises:
-    ValueError: on mismatched lengths, malformed per-image tuples (naming the
-      image and field) or labels outside 1..C-1.
+    ValueError: on mismatched lengths, malformed per-image tuples, boxes or
+      scores that are not finite numbers (naming the image and field), or
+      labels outside 1..C-1.
   """
   dets, gts = _check_inputs(
     "evaluate_voc", detections, ground_truths, num_classes

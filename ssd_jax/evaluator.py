@@ -25,6 +25,7 @@ from absl import logging
 from ssd_jax import evaluation, postprocess, visualize
 from ssd_jax.data import image as image_lib
 from ssd_jax.data import pipeline
+from ssd_jax.models import variables as model_vars
 
 EVAL_RESULTS = "eval_results.json"
 PICTURES = "pictures"
@@ -38,14 +39,15 @@ def predict(
   Args:
     model: the flax module (hashable: equal modules are equal values, so it
       can be a static argument of `jax.jit`).
-    params: model parameters.
+    params: model parameters, or the model's variables ({"params",
+      "batch_stats"}) for a BatchNorm model (`models.as_variables`).
     images: [B, H, W, 3] float32 normalised images.
 
   Returns:
     loc: [B, P, 4] float32 offsets; probs: [B, P, C] float32 class
     probabilities (column 0 background).
   """
-  loc, logits = model.apply({"params": params}, images)
+  loc, logits = model.apply(model_vars.as_variables(params), images)
   probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
   return loc.astype(jnp.float32), probs
 
@@ -148,10 +150,12 @@ class Evaluator:
       else image_lib.normalized_to_pixels
     )
     dets, gts, pictures = [], [], []
+    kind = model_vars.normalization_of(self.model)
     batches = pipeline.create_eval_iterator(
       self.config.data,
       image_size=self.model.image_size,
       batch_size=ecfg.batch_size,
+      normalization=kind,
     )
     for batch in batches:
       valid = np.asarray(batch.get("valid", np.ones(len(batch["image"]), bool)))
@@ -174,7 +178,7 @@ class Evaluator:
           )
         )
         if len(pictures) < ecfg.num_pictures:
-          raw = image_lib.denormalize(batch["image"][i])  # [S, S, 3] uint8
+          raw = image_lib.denormalize(batch["image"][i], kind)  # [S, S, 3]
           pictures.append((raw, d.boxes * side, d.labels, d.scores))
     if not dets:
       raise ValueError(
@@ -245,8 +249,22 @@ def write_eval_results(workdir: str, result: EvalResult) -> str:
     **{k: clean(v) for k, v in result.extra.items()},
   }
   path = os.path.join(workdir, EVAL_RESULTS)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(record, f, indent=2)
-  os.replace(tmp, path)
+  write_json(path, record)
   return path
+
+
+def write_json(path: str, value: Any) -> None:
+  """Writes JSON atomically: a temporary file, then `os.replace`.
+
+  The destination is either the old file or the whole new one, never a
+  part; the temporary file is removed when the write fails.
+  """
+  tmp = path + ".tmp"
+  try:
+    with open(tmp, "w") as f:
+      json.dump(value, f, indent=2)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise

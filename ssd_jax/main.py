@@ -65,15 +65,15 @@ def run(config, workdir: str, mode: str = "train", **kwargs):
   if mode == "train":
     return train.train_and_evaluate(config, workdir)
   config_lib.check_fields(config)  # Training validates it all itself.
-  model, params, names, step = train.restore_params(
+  model, variables, names, step = train.restore_params(
     config, workdir, kwargs.get("step")
   )
   ev = evaluator.Evaluator(model, config, names)
   if mode == "eval":
-    return ev.run(params, step, workdir)
+    return ev.run(variables, step, workdir)
   return predict.predict_images(
     ev,
-    params,
+    variables,
     predict.expand_images(kwargs.get("images") or []),
     kwargs.get("output_dir") or os.path.join(workdir, "predictions"),
     min_score=kwargs.get("min_score", 0.3),

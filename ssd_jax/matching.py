@@ -22,6 +22,31 @@ def _first_argmax(x: jnp.ndarray, axis: int) -> tuple[jnp.ndarray, jnp.ndarray]:
   return first, jnp.squeeze(best, axis)
 
 
+def _check_shapes(fn: str, gt_boxes, gt_labels, priors, batch: bool) -> None:
+  """Raises a ValueError naming the argument whose static shape is wrong.
+
+  Args:
+    fn: "match" or "match_batch", named in the error.
+    gt_boxes: [M, 4] ([B, M, 4] with `batch`).
+    gt_labels: [M] ([B, M] with `batch`).
+    priors: [P, 4].
+    batch: whether the ground truth has a leading batch axis.
+  """
+  lead = "B, M" if batch else "M"
+  want = gt_boxes.shape[:-1]
+  if gt_boxes.ndim != 2 + batch or gt_boxes.shape[-1] != 4:
+    raise ValueError(
+      f"{fn}: gt_boxes must be [{lead}, 4], got shape {gt_boxes.shape}"
+    )
+  if gt_labels.shape != want:
+    raise ValueError(
+      f"{fn}: gt_labels must have shape {want} ([{lead}], one label per gt "
+      f"box), got shape {gt_labels.shape}"
+    )
+  if priors.ndim != 2 or priors.shape[1] != 4:
+    raise ValueError(f"{fn}: priors must be [P, 4], got shape {priors.shape}")
+
+
 def match(
   gt_boxes: jnp.ndarray,
   gt_labels: jnp.ndarray,
@@ -47,7 +72,7 @@ def match(
   Args:
     gt_boxes: [M, 4] float corners in [0, 1]; M may be 0.
     gt_labels: [M] int, 1..C-1 for real boxes, 0 for padding.
-    priors: [P, 4] default boxes, centre form.
+    priors: [P, 4] default boxes, centre form; P may be 0 (empty targets).
     iou_threshold: minimum IoU for a non-forced match.
     variances: encoding variances, see `boxes.encode`.
 
@@ -55,12 +80,16 @@ def match(
     loc_targets: [P, 4] float32 `encode(matched box, prior)`, 0 where the
       prior is background.
     cls_targets: [P] int32 class of the matched box, 0 for background.
+
+  Raises:
+    ValueError: naming the argument whose shape is not as above.
   """
   gt_boxes = jnp.asarray(gt_boxes, jnp.float32)
   gt_labels = jnp.asarray(gt_labels, jnp.int32)
   priors = jnp.asarray(priors, jnp.float32)
+  _check_shapes("match", gt_boxes, gt_labels, priors, batch=False)
   num_gt, num_priors = gt_boxes.shape[0], priors.shape[0]
-  if num_gt == 0:  # Static shape: nothing to match.
+  if num_gt == 0 or num_priors == 0:  # Static shapes: nothing to match.
     return (
       jnp.zeros((num_priors, 4), jnp.float32),
       jnp.zeros((num_priors,), jnp.int32),
@@ -129,7 +158,13 @@ def match_batch(
 
   Returns:
     loc_targets [B, P, 4] float32 and cls_targets [B, P] int32.
+
+  Raises:
+    ValueError: naming the argument whose shape is not as above.
   """
+  gt_boxes, gt_labels = jnp.asarray(gt_boxes), jnp.asarray(gt_labels)
+  priors = jnp.asarray(priors)
+  _check_shapes("match_batch", gt_boxes, gt_labels, priors, batch=True)
   return jax.vmap(match, in_axes=(0, 0, None, None, None))(
     gt_boxes, gt_labels, priors, iou_threshold, variances
   )

@@ -21,11 +21,15 @@ def create_learning_rate_schedule(
   warmup_init_factor: float = 0.0,
   boundaries: tuple[int, ...] = (),
   decay_factor: float = 0.1,
+  cosine_steps: int = 0,
 ) -> optax.Schedule:
-  """Linear warm-up, then piecewise-constant decay at absolute steps.
+  """Linear warm-up, then piecewise-constant or cosine decay.
 
   lr(t) = base_lr * (f0 + (1 - f0) t / W) for t < W (f0 the warm-up initial
-  factor), then base_lr * decay_factor ** (number of boundaries <= t).
+  factor), then base_lr * decay_factor ** (number of boundaries <= t); or,
+  with `cosine_steps` T > 0 (torchvision's `CosineAnnealingLR` over the
+  run, as its SSDLite recipe uses), base_lr * (1 + cos(pi t / T)) / 2 for
+  t < T and 0 after, with the warm-up factor applied on top for t < W.
 
   Args:
     base_lr: the learning rate after warm-up.
@@ -33,6 +37,8 @@ def create_learning_rate_schedule(
     warmup_init_factor: f0, fraction of base_lr at step 0.
     boundaries: absolute steps at which the lr is multiplied by decay_factor.
     decay_factor: multiplier applied at each boundary.
+    cosine_steps: T, the cosine's length (0: piecewise-constant instead;
+      then `boundaries` must be empty or the two are refused together).
 
   Returns:
     An optax schedule (step -> lr float32).
@@ -48,12 +54,20 @@ def create_learning_rate_schedule(
   boundaries = tuple(int(b) for b in boundaries)
   if list(boundaries) != sorted(boundaries):
     raise ValueError(f"lr boundaries must be increasing, got {boundaries}")
+  if cosine_steps < 0 or (cosine_steps and boundaries):
+    raise ValueError(
+      "cosine_steps must be >= 0 and excludes lr boundaries; got "
+      f"{cosine_steps} with boundaries {boundaries}"
+    )
 
   def schedule(step):
     step = jnp.asarray(step, jnp.float32)
     decay = jnp.ones([], jnp.float32)
     for b in boundaries:
       decay = decay * jnp.where(step >= b, decay_factor, 1.0)
+    if cosine_steps:
+      t = jnp.minimum(step / cosine_steps, 1.0)
+      decay = 0.5 * (1.0 + jnp.cos(jnp.pi * t))
     lr = base_lr * decay
     if warmup_steps > 0:
       frac = warmup_init_factor + (1.0 - warmup_init_factor) * (
@@ -66,13 +80,16 @@ def create_learning_rate_schedule(
 
 
 def weight_decay_mask(params: Any) -> Any:
-  """Which parameters take weight decay: everything except biases.
+  """Which parameters take weight decay: all but biases and BatchNorm's.
 
   The Caffe release (`ssd_pascal.py`) gives weights `decay_mult: 1` and biases
   `decay_mult: 0`; the conv4_3 L2Normalize scale has no param spec there, so
-  it takes the default `decay_mult: 1` and is decayed too. We follow that:
-  leaves named `bias` are not decayed, all others (kernels, the L2Norm scale)
-  are.
+  it takes the default `decay_mult: 1` and is decayed too. NVIDIA's SSD300
+  and torchvision's references decay neither biases nor BatchNorm's scales
+  and offsets. So: leaves named `bias` are not decayed, nor the `scale` of a
+  normalisation layer (a module whose parameters are exactly `scale` and
+  `bias`: BatchNorm, LayerNorm); all others (kernels, the L2Norm scale,
+  which has no bias) are.
 
   Args:
     params: a parameter tree (nested dicts).
@@ -81,7 +98,11 @@ def weight_decay_mask(params: Any) -> Any:
     The same tree structure with bool leaves.
   """
   flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
-  mask = {k: k[-1] != "bias" for k in flat}
+  leaves_of = {}
+  for k in flat:
+    leaves_of.setdefault(k[:-1], set()).add(k[-1])
+  norm = {m for m, names in leaves_of.items() if names == {"scale", "bias"}}
+  mask = {k: k[-1] != "bias" and k[:-1] not in norm for k in flat}
   return flax.traverse_util.unflatten_dict(mask)
 
 
@@ -97,8 +118,9 @@ def create_optimizer(
     config: the training config (fields `optimizer` ("sgd" | "adam"; adam
       with the same L2 term, for small from-scratch models), `learning_rate`,
       `warmup_steps`, `warmup_init_factor`, `lr_boundaries`,
-      `lr_decay_factor`, `momentum`, `weight_decay`, `grad_clip_norm` (0
-      disables)).
+      `lr_decay_factor`, `lr_schedule` ("piecewise" at `lr_boundaries`, or
+      "cosine" over `num_steps`), `momentum`, `weight_decay`,
+      `grad_clip_norm` (0 disables)).
 
   Returns:
     (optax transformation, lr schedule). Equal configs give the very same
@@ -118,7 +140,17 @@ def create_optimizer(
     float(config.momentum or 0.0),
     float(config.weight_decay or 0.0),
     float(config.grad_clip_norm or 0.0),
+    _cosine_steps(config),
   )
+
+
+def _cosine_steps(config: ml_collections.ConfigDict) -> int:
+  kind = config.get("lr_schedule", "piecewise")
+  if kind not in ("piecewise", "cosine"):
+    raise ValueError(
+      f"config.lr_schedule must be one of 'piecewise', 'cosine'; got {kind!r}"
+    )
+  return int(config.num_steps) if kind == "cosine" else 0
 
 
 @functools.lru_cache(maxsize=16)
@@ -132,6 +164,7 @@ def _optimizer(
   momentum,
   weight_decay,
   grad_clip_norm,
+  cosine_steps,
 ):
   schedule = create_learning_rate_schedule(
     learning_rate,
@@ -139,6 +172,7 @@ def _optimizer(
     warmup_init_factor=warmup_init_factor,
     boundaries=boundaries,
     decay_factor=decay_factor,
+    cosine_steps=cosine_steps,
   )
   parts = []
   if grad_clip_norm > 0:

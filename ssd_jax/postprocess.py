@@ -317,8 +317,13 @@ def decode_detections(
     ("top_k_per_class", top_k_per_class),
     ("max_detections", max_detections),
   ):
-    if cap is not None and cap < 1:
-      raise ValueError(f"decode_detections: {name} must be >= 1 or None")
+    if cap is not None and (
+      not isinstance(cap, int | np.integer) or isinstance(cap, bool) or cap < 1
+    ):
+      raise ValueError(
+        f"decode_detections: {name} must be >= 1 or None (an integer), got "
+        f"{cap!r}"
+      )
 
   class_major = np.ascontiguousarray(scores.T)  # [C, P]
   # Per class: [n_c] prior indices, score descending, ties by lower index.

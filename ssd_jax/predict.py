@@ -34,7 +34,6 @@ then hold the images done so far, and no file is ever half written.
 """
 
 import glob
-import json
 import os
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -46,7 +45,8 @@ from absl import logging
 from ssd_jax import visualize
 from ssd_jax.data import image as image_lib
 from ssd_jax.data import pipeline
-from ssd_jax.evaluator import Evaluator
+from ssd_jax.evaluator import Evaluator, write_json
+from ssd_jax.models import variables as model_vars
 
 PREDICTIONS = "predictions.json"
 FAILURES = "failures.json"
@@ -112,7 +112,7 @@ def predict_images(
   Args:
     evaluator: an Evaluator (model, config, class names); its `detect`
       decodes the network outputs with the config's eval settings.
-    params: model parameters.
+    params: model parameters, or variables (`models.as_variables`).
     image_paths: image files, any format PIL reads (JPEG, PNG, GIF, BMP,
       TIFF, WEBP, ...); a missing one is a failure like an unreadable one.
     output_dir: created if missing.
@@ -132,8 +132,9 @@ def predict_images(
   os.makedirs(output_dir, exist_ok=True)
   pipeline.configure_tensorflow()
   size = int(evaluator.model.image_size)
+  kind = model_vars.normalization_of(evaluator.model)
   preprocess = tf.function(
-    lambda pixels: pipeline.eval_inputs(pixels, size),
+    lambda pixels: pipeline.eval_inputs(pixels, size, kind),
     input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)],
   )
   batch_size = int(evaluator.config.eval.batch_size)
@@ -161,8 +162,8 @@ def predict_images(
       )
     finished = True
   finally:
-    _write_json(os.path.join(output_dir, PREDICTIONS), records)
-    _write_json(os.path.join(output_dir, FAILURES), failed)
+    write_json(os.path.join(output_dir, PREDICTIONS), records)
+    write_json(os.path.join(output_dir, FAILURES), failed)
     if not finished:
       logging.error(
         "predict stopped early: %s holds the %d image(s) predicted so far, "
@@ -262,11 +263,3 @@ def _picture_name(path: str, used: set[str]) -> str:
     name = f"{stem}_{k}_detections.png"
   used.add(name)
   return name
-
-
-def _write_json(path: str, value) -> None:
-  """Writes JSON atomically: a temporary file, then `os.replace`."""
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(value, f, indent=2)
-  os.replace(tmp, path)

@@ -3,7 +3,8 @@
 `train_step(state, batch, priors, settings)` uses only named-axis collectives
 on `"batch"` (`lax.psum`, `lax.pmean`), so the same body runs under
 `jax.pmap` (here, `p_train_step`) or under `jax.shard_map` over a device
-mesh. `TrainState` holds state only (step, parameters, optimizer state); what
+mesh. `TrainState` holds state only (step, parameters, optimizer state,
+a BatchNorm model's running statistics); what
 the step needs besides state comes in as arguments: the default boxes
 (`priors`, broadcast to every device) and `StepSettings` (static and
 hashable: the model, the optax transformation, the lr schedule, and the
@@ -14,8 +15,11 @@ Data parallelism: every device matches its images' ground truth on the device
 the positives of the *global* batch (`lax.psum`). Each device's loss is then
 its share of the global loss, so the global gradient is the sum over devices;
 we scale each device's gradient by the device count and `pmean` it, which is
-the same sum and keeps the usual "pmean the gradients" shape of the step. The
-result does not depend on how the global batch is split over devices.
+the same sum and keeps the usual "pmean the gradients" shape of the step.
+BatchNorm models normalise with the global batch's statistics
+(`layers.batch_norm_axis`), as flax's `BatchNorm(axis_name=...)` computes
+them. The result does not depend on how the global batch is split over
+devices.
 """
 
 from collections.abc import Mapping
@@ -29,6 +33,7 @@ import optax
 from flax import struct
 
 from ssd_jax import losses, matching, optim
+from ssd_jax.models import layers
 
 AXIS = "batch"
 
@@ -40,11 +45,21 @@ class TrainState(struct.PyTreeNode):
     step: int32 scalar, number of updates applied.
     params: the model's parameter tree.
     opt_state: the optax state of the step's transformation.
+    batch_stats: a BatchNorm model's running statistics ({} for the VGG
+      models, which have none; an empty dict holds no leaves, so their
+      checkpoints are as before).
   """
 
   step: jax.Array
   params: Any
   opt_state: Any
+  batch_stats: Any = struct.field(default_factory=dict)
+
+  def variables(self) -> dict[str, Any]:
+    """The model's variables: {"params"} (+ {"batch_stats"} when any)."""
+    if self.batch_stats:
+      return {"params": self.params, "batch_stats": self.batch_stats}
+    return {"params": self.params}
 
 
 class StepSettings(NamedTuple):
@@ -57,6 +72,9 @@ class StepSettings(NamedTuple):
     iou_threshold: matching threshold.
     variances: SSD encoding variances (centre, size).
     neg_pos_ratio: hard negatives per positive.
+    train_batch_norm: BatchNorm models: normalise with the (global) batch's
+      statistics and update the running ones; False freezes them (running
+      statistics, no updates: for small per-device batches).
   """
 
   model: Any
@@ -65,6 +83,7 @@ class StepSettings(NamedTuple):
   iou_threshold: float = 0.5
   variances: tuple[float, float] = (0.1, 0.2)
   neg_pos_ratio: float = 3.0
+  train_batch_norm: bool = True
 
 
 def step_settings(
@@ -75,7 +94,7 @@ def step_settings(
   Args:
     model: the SSD module.
     config: the training config (optimizer fields, `iou_threshold`,
-      `variances`, `neg_pos_ratio`).
+      `variances`, `neg_pos_ratio`, `model.freeze_batch_norm`).
 
   Returns:
     StepSettings; equal configs and models give equal (same-hash) settings.
@@ -88,15 +107,19 @@ def step_settings(
     iou_threshold=float(config.iou_threshold),
     variances=tuple(float(v) for v in config.variances),
     neg_pos_ratio=float(config.neg_pos_ratio),
+    train_batch_norm=not bool(config.model.get("freeze_batch_norm", False)),
   )
 
 
 def create_train_state(
-  params: Any, tx: optax.GradientTransformation
+  params: Any, tx: optax.GradientTransformation, batch_stats: Any = None
 ) -> TrainState:
-  """A state at step 0: `params` and the optimizer state `tx.init(params)`."""
+  """A state at step 0: `params`, `tx.init(params)` and the statistics."""
   return TrainState(
-    step=jnp.zeros([], jnp.int32), params=params, opt_state=tx.init(params)
+    step=jnp.zeros([], jnp.int32),
+    params=params,
+    opt_state=tx.init(params),
+    batch_stats=batch_stats or {},
   )
 
 
@@ -132,8 +155,18 @@ def train_step(
   num_pos = jax.lax.psum(jnp.sum(cls_t > 0).astype(jnp.float32), AXIS)
   num_devices = jax.lax.psum(1, AXIS)
 
+  bn = bool(state.batch_stats) and settings.train_batch_norm
+
   def loss_fn(params):
-    loc, logits = settings.model.apply({"params": params}, batch["image"])
+    variables = state.replace(params=params).variables()
+    if bn:  # Global-batch statistics (synchronised BatchNorm), updated.
+      with layers.batch_norm_axis(AXIS):
+        (loc, logits), updated = settings.model.apply(
+          variables, batch["image"], train=True, mutable=["batch_stats"]
+        )
+    else:  # No BatchNorm, or frozen: running statistics.
+      loc, logits = settings.model.apply(variables, batch["image"])
+      updated = {"batch_stats": state.batch_stats}
     loss, parts = losses.multibox_loss(
       loc,
       logits,
@@ -143,9 +176,12 @@ def train_step(
       num_positives=num_pos,
     )
     # This device's share of the global loss; times D so pmean == psum.
-    return loss * num_devices, parts
+    return loss * num_devices, (parts, updated["batch_stats"])
 
-  grads, parts = jax.grad(loss_fn, has_aux=True)(state.params)
+  grads, (parts, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+  # Equal on every device already (synchronised statistics); the pmean
+  # keeps the replicas bit-identical.
+  batch_stats = jax.lax.pmean(batch_stats, AXIS)
   grads = jax.lax.pmean(grads, AXIS)
   updates, opt_state = settings.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -158,7 +194,10 @@ def train_step(
     "lr": settings.lr_fn(state.step),
   }
   new_state = state.replace(
-    step=state.step + 1, params=params, opt_state=opt_state
+    step=state.step + 1,
+    params=params,
+    opt_state=opt_state,
+    batch_stats=batch_stats,
   )
   return new_state, metrics
 

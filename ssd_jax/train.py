@@ -107,30 +107,37 @@ def _input(model: Any) -> jax.ShapeDtypeStruct:
   return jax.ShapeDtypeStruct([1, size, size, 3], jnp.float32)
 
 
-def init_params(model: Any, rng: jax.Array, init_from: str = "") -> Any:
-  """Fresh parameters, overwritten from `init_from` when set.
+def init_variables(
+  model: Any, rng: jax.Array, init_from: str = ""
+) -> dict[str, Any]:
+  """Fresh variables, overwritten from `init_from` when set.
 
   Args:
-    model: the SSD module.
+    model: the SSD module (any of the zoo).
     rng: PRNG key of the initialisation.
     init_from: a training workdir or a weights checkpoint
-      (`checkpoint.init_params_from`); "" for none.
+      (`checkpoint.init_variables_from`); "" for none.
 
   Returns:
-    The parameter tree.
+    {"params": tree} and, for a BatchNorm model, "batch_stats".
   """
-  params = jax.jit(model.init)(rng, jnp.zeros(_input(model).shape))["params"]
+  variables = jax.jit(model.init)(rng, jnp.zeros(_input(model).shape))
+  variables = {
+    k: variables[k] for k in ("params", "batch_stats") if k in variables
+  }
   if init_from:
-    params, report = ckpt_lib.init_params_from(init_from, params)
+    variables, report = ckpt_lib.init_variables_from(init_from, variables)
     logging.info("init_from %s: %s", init_from, report)
-  return params
+  return variables
 
 
 def abstract_state(model: Any, tx: Any) -> step_lib.TrainState:
   """A TrainState of zeros with the model's shapes (a restore template)."""
   shapes = jax.eval_shape(model.init, jax.random.key(0), _input(model))
-  params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes["params"])
-  return step_lib.create_train_state(params, tx)
+  zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), dict(shapes))
+  return step_lib.create_train_state(
+    zeros["params"], tx, zeros.get("batch_stats")
+  )
 
 
 def train_and_evaluate(
@@ -165,8 +172,12 @@ def train_and_evaluate(
     start_step, state = checkpointer.restore_latest(template)
     logging.info("Resumed from step %d in %s", start_step, workdir)
   else:
-    params = init_params(model, jax.random.key(config.seed), config.init_from)
-    state = step_lib.create_train_state(params, settings.tx)
+    variables = init_variables(
+      model, jax.random.key(config.seed), config.init_from
+    )
+    state = step_lib.create_train_state(
+      variables["params"], settings.tx, variables.get("batch_stats")
+    )
   if int(state.step) != start_step:
     raise RuntimeError(
       f"checkpoint step {start_step} holds state.step={int(state.step)}"
@@ -177,7 +188,7 @@ def train_and_evaluate(
     logging.info("Run already at step %d; evaluating.", start_step)
     checkpointer.close()
     writer.close()
-    result = evaluator.run(state.params, start_step, workdir)
+    result = evaluator.run(state.variables(), start_step, workdir)
     return {
       "step": start_step,
       "mAP": result.mAP,
@@ -190,6 +201,7 @@ def train_and_evaluate(
     global_batch_size=config.batch_size,
     seed=config.seed,
     start_step=start_step,
+    normalization=models.normalization_of(model),
   )
   p_state = step_lib.replicate(state)
   del state
@@ -222,8 +234,8 @@ def train_and_evaluate(
         pending = None
       eval_metrics = None
       if do_eval or is_last:
-        params = step_lib.unreplicate(p_state.params)
-        result = evaluator.run(params, step, workdir)
+        variables = step_lib.unreplicate(p_state.variables())
+        result = evaluator.run(variables, step, workdir)
         last_map = result.mAP
         eval_metrics = {"mAP": float(result.mAP)}
         writer.write(step, eval_metrics)
@@ -276,7 +288,8 @@ def restore_params(
       `Checkpointer.restore_latest`).
 
   Returns:
-    (model, params, class_names, step).
+    (model, variables ({"params"}, + "batch_stats" for a BatchNorm model),
+    class_names, step).
 
   Raises:
     FileNotFoundError: when the workdir has no checkpoint.
@@ -301,4 +314,4 @@ def restore_params(
       state = checkpointer.restore(step, template)
   finally:
     checkpointer.close()
-  return model, state.params, names, step
+  return model, state.variables(), names, step

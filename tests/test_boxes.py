@@ -226,3 +226,79 @@ def test_decode_numpy_matches_jnp_decode():
   assert np.all(np.isfinite(got))
   encoded = box_lib.encode(got[1], priors, xp=np)
   np.testing.assert_allclose(encoded, deltas[1], rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("xp", [np, jnp], ids=["numpy", "jnp"])
+def test_bad_shapes_name_the_function_and_argument(xp):
+  # Found by tests/test_fuzz.py: a last axis of 3 or 5 gave a silent result
+  # of the wrong columns, or an IndexError / broadcasting error.
+  three, good = np.zeros((2, 3)), np.zeros((2, 4))
+  priors = np.full((2, 4), 0.5)
+  with pytest.raises(ValueError, match=r"center_to_corners: boxes must be"):
+    box_lib.center_to_corners(three, xp=xp)
+  with pytest.raises(ValueError, match=r"corners_to_center: boxes must be"):
+    box_lib.corners_to_center(np.zeros((2, 5)), xp=xp)
+  with pytest.raises(
+    ValueError, match=r"box_area: boxes must be \[\.\.\., 4\]"
+  ):
+    box_lib.box_area(np.float32(1.0), xp=xp)
+  with pytest.raises(ValueError, match="elementwise_iou: boxes1 must be"):
+    box_lib.elementwise_iou(three, good, xp=xp)
+  with pytest.raises(
+    ValueError,
+    match=r"elementwise_iou: the leading axes of boxes1 \(2, 4\) and boxes2 "
+    r"\(3, 4\) do not broadcast",
+  ):
+    box_lib.elementwise_iou(good, np.zeros((3, 4)), xp=xp)
+  with pytest.raises(
+    ValueError, match=r"pairwise_iou: boxes1 must be \[N, 4\]"
+  ):
+    box_lib.pairwise_iou(np.zeros(4), good, xp=xp)
+  with pytest.raises(
+    ValueError, match=r"pairwise_iou: boxes2 must be \[M, 4\]"
+  ):
+    box_lib.pairwise_iou(good, np.zeros((1, 2, 4)), xp=xp)
+  with pytest.raises(ValueError, match="encode: boxes must be"):
+    box_lib.encode(three, priors, xp=xp)
+  with pytest.raises(ValueError, match=r"encode: priors must be \[P, 4\]"):
+    box_lib.encode(good, priors[None], xp=xp)
+  with pytest.raises(ValueError, match="encode: the leading axes of boxes"):
+    box_lib.encode(np.zeros((3, 4)), priors, xp=xp)
+  with pytest.raises(ValueError, match="decode: deltas must be"):
+    box_lib.decode(three, priors, xp=xp)
+  with pytest.raises(ValueError, match="decode: the leading axes of deltas"):
+    box_lib.decode(np.zeros((3, 4)), priors, xp=xp)
+  for variances in ((0.1,), (0.1, 0.2, 0.3), 0.1):
+    with pytest.raises(ValueError, match="encode: variances must be two"):
+      box_lib.encode(good, priors, variances, xp=xp)
+    with pytest.raises(ValueError, match="decode: variances must be two"):
+      box_lib.decode(good, priors, variances, xp=xp)
+  # Batched deltas [B, P, 4] with priors [P, 4] still broadcast.
+  assert box_lib.decode(np.zeros((3, 2, 4)), priors, xp=xp).shape == (3, 2, 4)
+
+
+def test_shape_checks_pass_unknown_tensorflow_dimensions():
+  tf = pytest.importorskip("tensorflow")
+  tnp = tf.experimental.numpy
+  area = tf.function(
+    lambda x: box_lib.box_area(x, xp=tnp),
+    input_signature=[tf.TensorSpec([None, None], tf.float32)],
+  )
+  np.testing.assert_allclose(area(np.array([[0, 0, 2, 3]], np.float32)), [6])
+  with pytest.raises(ValueError, match=r"got shape \(None, 3\)"):
+    tf.function(
+      lambda x: box_lib.box_area(x, xp=tnp),
+      input_signature=[tf.TensorSpec([None, 3], tf.float32)],
+    ).get_concrete_function()
+
+
+@pytest.mark.parametrize("xp", [np, jnp], ids=["numpy", "jnp"])
+def test_encode_float16_degenerate_box_is_finite(xp):
+  # Found by tests/test_fuzz.py: the 1e-8 clamp is 0 in float16 (log -inf).
+  box = np.array([[0.5, 0.5, 0.5, 0.5]], np.float16)
+  prior = np.array([[0.5, 0.5, 0.2, 0.2]], np.float16)
+  got = np.asarray(box_lib.encode(box, prior, xp=xp))
+  assert got.dtype == np.float16 and np.all(np.isfinite(got))
+  # float32 keeps the 1e-8 clamp: log(1e-8 / 0.2) / 0.2.
+  got32 = np.asarray(box_lib.encode(box.astype(np.float32), prior, xp=xp))
+  np.testing.assert_allclose(got32[0, 2:], np.log(1e-8 / 0.2) / 0.2, rtol=1e-4)

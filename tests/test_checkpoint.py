@@ -303,7 +303,7 @@ def test_init_params_from_a_workdir_keeps_mismatched_shapes(tmp_path):
   merged, report = ckpt_lib.init_params_from(str(tmp_path / "run"), fresh)
   np.testing.assert_array_equal(merged["conv"]["kernel"], 2.0)
   np.testing.assert_array_equal(merged["head"]["kernel"], 0.0)
-  assert report.startswith("1 of 2 parameter arrays loaded from")
+  assert report.startswith("1 of 2 arrays loaded from")
   assert "(step 7)" in report
   assert "head/kernel got (4,), model (5,)" in report
   with pytest.raises(FileNotFoundError, match="init_from"):

@@ -9,6 +9,7 @@ import logging
 import os
 import subprocess
 import sys
+import warnings
 
 import minidata
 import numpy as np
@@ -459,3 +460,48 @@ def test_import_does_not_load_tensorflow():
     "assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
   )
   subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+  "images, annotations, match",
+  [
+    ([(1, 123, 4, 4)], [], r"image 1 has no 'file_name' string \(got 123\)"),
+    ([(1, "a.jpg", 2**40, 4)], [], r"image 1 \(a\.jpg\) has no valid"),
+    ([A], [(2**64, 1, 1, [0, 0, 1, 1], 0)], r"annotation 0 has a "
+     r"non-integer id 18446744073709551616"),
+    ([A], [(5, True, 1, [0, 0, 1, 1], 0)], r"annotation 5 refers to unknown "
+     r"image_id True"),
+    ([A], [(5, 1, True, [0, 0, 1, 1], 0)], r"annotation 5 \(image 1\) refers "
+     r"to unknown category_id True"),
+    ([A], [(5, 1, 1, [0, 0, 1, 1], "0")], r"annotation 5 \(image 1\) has "
+     r"iscrowd '0'; need 0 or 1"),
+    ([A], [(5, 1, 1, [0, 0, 1, 1], 2)], r"annotation 5 \(image 1\) has "
+     r"iscrowd 2"),
+  ],
+)  # fmt: skip
+def test_mistyped_fields_name_the_file(tmp_path, images, annotations, match):
+  # Found by tests/test_fuzz.py: a numeric file_name gave a TypeError, an id
+  # or side beyond int64 an OverflowError (or a negative size), a True
+  # image_id matched image 1, and iscrowd "0" made a crowd box.
+  write_json(str(tmp_path), images, annotations)
+  with pytest.raises(ValueError, match=r"instances_val2017\.json: " + match):
+    coco_folder.index_coco_folder(str(tmp_path), "val2017", False)
+
+
+def test_deeply_nested_json_names_the_file(tmp_path):
+  # Found by tests/test_fuzz.py: json's parser raised RecursionError.
+  root = str(tmp_path)
+  path = write_json(root, [A], [])
+  with open(path, "w") as f:
+    f.write("[" * 100_000 + "]" * 100_000)
+  with pytest.raises(ValueError, match=r"instances_val2017\.json: malformed"):
+    coco_folder.index_coco_folder(root, "val2017", True)
+
+
+def test_huge_finite_bbox_is_clipped_without_overflow(tmp_path):
+  root = str(tmp_path)
+  write_json(root, [A], [(5, 1, 1, [-1e308, 10, 1.5e308, 1e308], 0)])
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # No overflow in a float32 cast.
+    (record,) = coco_folder.index_coco_folder(root, "val2017", True)
+  np.testing.assert_allclose(record.boxes, [[0, 10 / 30, 1, 1]], rtol=1e-6)

@@ -408,3 +408,24 @@ def test_bad_files_raise_naming_the_file_and_reason(tmp_path, monkeypatch):
   # The error survives pickling (multiprocessing, tf.numpy_function).
   err = pickle.loads(pickle.dumps(image.ImageDecodeError("p.jpg", "bad")))
   assert (err.path, err.reason, str(err)) == ("p.jpg", "bad", "p.jpg: bad")
+
+
+@pytest.mark.parametrize("kind", sorted(image.NORMALIZATIONS))
+def test_normalizations_round_trip_and_match_their_definition(kind):
+  pixels = np.arange(256 * 3, dtype=np.uint8).reshape(16, 16, 3)
+  x = image.normalize(pixels, kind)
+  want = {
+    "caffe": pixels - np.asarray(image.MEAN_RGB),
+    "imagenet": (pixels / 255.0 - np.asarray([0.485, 0.456, 0.406]))
+    / np.asarray([0.229, 0.224, 0.225]),
+    "minus_one_one": pixels / 127.5 - 1.0,
+  }[kind]
+  np.testing.assert_allclose(x, want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(image.denormalize(x, kind), pixels)
+  # The pipelines' conversion of the augmentation's (caffe) output.
+  caffe = image.normalize(pixels, "caffe")
+  np.testing.assert_allclose(
+    image.renormalize_from_caffe(caffe, kind), x, rtol=1e-5, atol=1e-5
+  )
+  with pytest.raises(ValueError, match="unknown normalization 'bgr'"):
+    image.normalize(pixels, "bgr")

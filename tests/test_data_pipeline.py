@@ -211,3 +211,28 @@ def test_eval_inputs_at_the_input_size_is_mean_subtraction():
   np.testing.assert_array_equal(image.denormalize(out), pixels)
   smaller = pipeline.eval_inputs(tf.constant(pixels), 8)
   assert smaller.shape == (8, 8, 3)
+
+
+@pytest.mark.parametrize("kind", ["imagenet", "minus_one_one"])
+def test_pipelines_normalise_for_the_model(kind):
+  caffe = next(pipeline.create_eval_iterator(SYN, image_size=32, batch_size=2))
+  other = next(
+    pipeline.create_eval_iterator(
+      SYN, image_size=32, batch_size=2, normalization=kind
+    )
+  )
+  np.testing.assert_allclose(
+    other["image"],
+    image.renormalize_from_caffe(caffe["image"], kind),
+    rtol=1e-5,
+    atol=1e-5,
+  )
+  np.testing.assert_array_equal(
+    image.denormalize(other["image"], kind), image.denormalize(caffe["image"])
+  )
+  train = dict(image_size=32, global_batch_size=2, seed=0, num_devices=1)
+  a = next(pipeline.create_train_iterator(SYN, **train))
+  b = next(pipeline.create_train_iterator(SYN, **train, normalization=kind))
+  np.testing.assert_allclose(
+    b["image"], image.renormalize_from_caffe(a["image"], kind), atol=1e-5
+  )

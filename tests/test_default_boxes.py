@@ -179,3 +179,43 @@ def test_named_priors():
     512: db.SSD512_COCO_PRIORS,
   }
   assert db.NAMED_PRIORS["torchvision"] == {300: db.TORCHVISION_SSD300_PRIORS}
+
+
+@pytest.mark.parametrize(
+  "field, value, match",
+  [
+    ("min_sizes", (math.nan,), "min_sizes must be positive finite"),
+    ("max_sizes", (math.inf,), "max_sizes must be positive finite"),
+    ("steps", ("8",), "steps must be positive finite"),
+    ("image_size", math.nan, "image_size must be positive finite"),
+    ("feature_sizes", (2.5,), "feature_sizes must be positive integers"),
+    ("feature_sizes", (True,), "feature_sizes must be positive integers"),
+    ("aspect_ratios", ((math.inf,),), "aspect ratios must be positive finite"),
+    ("aspect_ratios", (2,), "one sequence of ratios per map"),
+  ],
+)
+def test_non_finite_or_mistyped_config_names_the_field(field, value, match):
+  # Found by tests/test_fuzz.py: NaN and inf sizes, steps and ratios gave
+  # NaN priors; a float feature size or a bare ratio gave a TypeError.
+  config = dict(
+    image_size=300,
+    feature_sizes=(2,),
+    steps=(8,),
+    min_sizes=(30,),
+    max_sizes=(60,),
+    aspect_ratios=((2,),),
+  )
+  config[field] = value
+  with pytest.raises(ValueError, match=match):
+    db.default_boxes(**config)
+
+
+def test_paper_sizes_rejects_non_finite_scales_and_sizes():
+  with pytest.raises(ValueError, match="s_max finite"):
+    db.paper_sizes(300, 6, s_max=math.inf)
+  with pytest.raises(ValueError, match="image_size must be positive finite"):
+    db.paper_sizes(-300, 6)
+  with pytest.raises(ValueError, match="first_scale must be positive finite"):
+    db.paper_sizes(300, 6, first_scale=math.nan)
+  with pytest.raises(ValueError, match="image_size must be positive finite"):
+    db.paper_prior_config(-300, (3, 2, 1))

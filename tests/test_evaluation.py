@@ -436,3 +436,25 @@ def test_precision_recall_difficult_and_no_ground_truth():
   np.testing.assert_array_equal(prec, [0.0])
   with pytest.raises(ValueError, match="labels must be integers >= 1"):
     evaluation.precision_recall([(np.zeros((1, 4)), [0.5], [0])], [gts[0]], 1)
+
+
+@pytest.mark.parametrize("fn", ["evaluate_voc", "evaluate_coco"])
+def test_non_finite_and_malformed_entries_name_image_and_field(fn):
+  # Found by tests/test_fuzz.py: a NaN box scored AP 1 in evaluate_coco (a
+  # miss in evaluate_voc); a non-tuple entry or string labels gave a
+  # TypeError.
+  box, gt = np.array([[1.0, 1, 5, 5]]), (np.array([[1.0, 1, 5, 5]]), [1], None)
+  bad = [
+    ((box + np.nan, [0.9], [1]), r"detections\[0\] boxes must be finite"),
+    ((box, [np.nan], [1]), r"detections\[0\] scores must be finite"),
+    ((box, ["x"], [1]), r"detections\[0\] scores must be numbers"),
+    ((box, [0.9], ["a"]), r"detections\[0\] labels must be integers"),
+    (None, r"detections\[0\] must be a 3-tuple .* got a NoneType"),
+  ]
+  for det, match in bad:
+    with pytest.raises(ValueError, match=rf"{fn}: {match}"):
+      getattr(evaluation, fn)([det], [gt], 3)
+  with pytest.raises(ValueError, match=r"ground_truths\[0\] boxes must be"):
+    getattr(evaluation, fn)([(box, [0.9], [1])], [(box * np.inf, [1], None)], 3)
+  with pytest.raises(ValueError, match="num_classes must be >= 2 .* got 3.0"):
+    getattr(evaluation, fn)([(box, [0.9], [1])], [gt], 3.0)

@@ -181,3 +181,28 @@ def test_threshold_extremes(threshold):
   _, cls = match(gt, labels, PRIORS, threshold)
   _, want = _ref_match(gt, labels, PRIORS, threshold)
   np.testing.assert_array_equal(cls, want)
+
+
+def test_bad_shapes_name_the_argument():
+  # Found by tests/test_fuzz.py: [M, 3] boxes or [P, 3] priors matched
+  # silently; mismatched labels gave a broadcasting error.
+  boxes, labels = np.zeros((2, 4)), np.ones(2, np.int32)
+  with pytest.raises(ValueError, match=r"match: gt_boxes must be \[M, 4\]"):
+    match(boxes[:, :3], labels, PRIORS)
+  with pytest.raises(ValueError, match=r"match: gt_boxes must be \[M, 4\]"):
+    match(boxes[0], labels[:1], PRIORS)
+  with pytest.raises(ValueError, match=r"match: gt_labels must have shape"):
+    match(boxes, np.ones(3, np.int32), PRIORS)
+  with pytest.raises(ValueError, match=r"match: priors must be \[P, 4\]"):
+    match(boxes, labels, PRIORS[:, :3])
+  with pytest.raises(ValueError, match=r"gt_boxes must be \[B, M, 4\]"):
+    match_batch(boxes, labels, PRIORS)
+  with pytest.raises(ValueError, match=r"match_batch: gt_labels must have"):
+    match_batch(boxes[None], np.ones((3, 2), np.int32), PRIORS)
+
+
+def test_no_priors_gives_empty_targets():
+  loc, cls = match(
+    np.array([[0.1, 0.1, 0.5, 0.5]]), np.array([1]), np.zeros((0, 4))
+  )
+  assert loc.shape == (0, 4) and cls.shape == (0,)

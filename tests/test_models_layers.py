@@ -150,3 +150,157 @@ def test_conv_takes_the_phases_where_the_backend_asks(backend, monkeypatch):
     0,
     1,
   )
+
+
+# --- ConvBN -----------------------------------------------------------------
+
+
+def numpy_conv(x, kernel, stride=1, padding=0, groups=1):
+  """Reference convolution in float64: NHWC input, HWIO kernel [k, k, C /
+  groups, O], symmetric zero padding (torch's `Conv2d` semantics), one
+  matrix product per kernel tap and group."""
+  pad = ((0, 0), (padding, padding), (padding, padding), (0, 0))
+  x = np.pad(np.asarray(x, np.float64), pad)
+  kernel = np.asarray(kernel, np.float64)
+  b, h, w, _ = x.shape
+  k, _, cg, o = kernel.shape
+  ho, wo = (h - k) // stride + 1, (w - k) // stride + 1
+  out = np.zeros((b, ho, wo, groups, o // groups))
+  for i in range(k):
+    for j in range(k):
+      patch = x[:, i : i + stride * (ho - 1) + 1 : stride]
+      patch = patch[:, :, j : j + stride * (wo - 1) + 1 : stride]
+      patch = patch.reshape(b, ho, wo, groups, cg)
+      tap = kernel[i, j].reshape(cg, groups, o // groups).transpose(1, 0, 2)
+      out += np.einsum("bhwgc,gco->bhwgo", patch, tap)
+  return out.reshape(b, ho, wo, o)
+
+
+def numpy_conv_bn(x, params, stats, stride=1, padding=0, groups=1, eps=1e-5):
+  """Reference ConvBN in evaluation mode, before the activation."""
+  y = numpy_conv(x, params["conv"]["kernel"], stride, padding, groups)
+  bn = {k: np.asarray(v, np.float64) for k, v in params["bn"].items()}
+  mean, var = (np.asarray(stats["bn"][k], np.float64) for k in ("mean", "var"))
+  return (y - mean) / np.sqrt(var + eps) * bn["scale"] + bn["bias"]
+
+
+def random_conv_bn_variables(layer, x, seed=0):
+  """`layer.init` with random BN scale/bias and running statistics (not
+  the 0/1 of a fresh init, so that their mapping is tested)."""
+  variables = layer.init(jax.random.key(seed), x)
+  rng = np.random.default_rng(seed)
+  params, stats = variables["params"], variables["batch_stats"]
+  c = params["bn"]["scale"].shape
+  params["bn"]["scale"] = jnp.asarray(rng.uniform(0.5, 1.5, c), jnp.float32)
+  params["bn"]["bias"] = jnp.asarray(rng.normal(0, 0.3, c), jnp.float32)
+  stats["bn"]["mean"] = jnp.asarray(rng.normal(0, 0.3, c), jnp.float32)
+  stats["bn"]["var"] = jnp.asarray(rng.uniform(0.5, 2.0, c), jnp.float32)
+  return {"params": params, "batch_stats": stats}
+
+
+@pytest.mark.parametrize(
+  "features, kernel, stride, padding, groups, activation",
+  [
+    (6, 3, 2, 1, 1, "relu"),  # strided: torch's symmetric padding
+    (6, 3, 1, 1, 1, None),
+    (5, 1, 1, 0, 1, "relu"),
+    (6, 7, 2, 3, 1, "relu"),  # a ResNet stem
+    (4, 3, 2, 1, 4, "relu6"),  # depthwise
+    (8, 3, 1, 1, 4, None),  # depthwise with a channel multiplier of 2
+  ],
+)
+def test_conv_bn_eval_equals_numpy_conv_then_bn(
+  features, kernel, stride, padding, groups, activation
+):
+  act = {"relu": jax.nn.relu, "relu6": jax.nn.relu6, None: None}[activation]
+  layer = layers.ConvBN(
+    features, kernel, stride, padding, groups, activation=act, **F32
+  )
+  x = jax.random.normal(jax.random.key(0), (2, 10, 9, 4))
+  variables = random_conv_bn_variables(layer, x)
+  assert set(variables["params"]) == {"conv", "bn"}  # no conv bias
+  assert variables["params"]["conv"]["kernel"].shape == (
+    kernel,
+    kernel,
+    4 // groups,
+    features,
+  )
+  got = layer.apply(variables, x)
+  want = numpy_conv_bn(
+    x,
+    variables["params"],
+    variables["batch_stats"],
+    stride,
+    padding,
+    groups,
+  )
+  if activation == "relu":
+    want = np.maximum(want, 0)
+  elif activation == "relu6":
+    want = np.clip(want, 0, 6)
+  assert got.shape == want.shape
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_bn_strided_padding_is_symmetric():
+  # A 1x1-ones kernel at stride 2, padding 1, on a 4x4 input reads input
+  # rows/columns -1, 1, 3 (torch); flax's "SAME" would read 0, 2.
+  layer = layers.ConvBN(1, 3, 2, 1, activation=None, **F32)
+  x = jnp.arange(16.0).reshape(1, 4, 4, 1)
+  variables = layer.init(jax.random.key(0), x)
+  kernel = jnp.zeros((3, 3, 1, 1)).at[1, 1].set(1.0)  # the centre tap
+  variables["params"]["conv"]["kernel"] = kernel
+  got = layer.apply(variables, x)  # BN at init: mean 0, var 1, identity
+  want = np.asarray(x)[:, ::2, ::2] / np.sqrt(1 + 1e-5)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_conv_bn_train_uses_batch_statistics_and_updates_running_ones():
+  from flax.errors import ModifyScopeVariableError
+
+  momentum, eps = 0.8, 1e-3
+  layer = layers.ConvBN(
+    3, 3, 1, 1, activation=None, bn_momentum=momentum, bn_eps=eps, **F32
+  )
+  x = 2.0 + 3.0 * jax.random.normal(jax.random.key(0), (4, 6, 6, 2))
+  variables = random_conv_bn_variables(layer, x)
+  got, updates = layer.apply(variables, x, train=True, mutable=["batch_stats"])
+  y = numpy_conv(x, variables["params"]["conv"]["kernel"], 1, 1)
+  mean, var = y.mean((0, 1, 2)), y.var((0, 1, 2))  # biased, as flax
+  bn = variables["params"]["bn"]
+  want = (y - mean) / np.sqrt(var + eps) * np.asarray(bn["scale"])
+  want += np.asarray(bn["bias"])
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+  old = variables["batch_stats"]["bn"]
+  new = updates["batch_stats"]["bn"]
+  np.testing.assert_allclose(
+    new["mean"],
+    momentum * np.asarray(old["mean"]) + (1 - momentum) * mean,
+    rtol=1e-5,
+    atol=1e-5,
+  )
+  np.testing.assert_allclose(
+    new["var"],
+    momentum * np.asarray(old["var"]) + (1 - momentum) * var,
+    rtol=1e-5,
+    atol=1e-5,
+  )
+  # Evaluation mode reads the running statistics and changes nothing.
+  assert layer.apply(variables, x).shape == got.shape
+  with pytest.raises(ModifyScopeVariableError, match="batch_stats"):
+    layer.apply(variables, x, train=True)  # not mutable
+
+
+def test_conv_bn_default_momentum_is_torchs_default():
+  # flax decay 0.9 == torch momentum 0.1; eps 1e-5 as torch's.
+  layer = layers.ConvBN(2, 1)
+  assert layer.bn_momentum == 0.9 and layer.bn_eps == 1e-5
+
+
+def test_conv_bn_dtypes():
+  layer = layers.ConvBN(4, 3, padding=1, dtype=jnp.bfloat16)
+  y, variables = layer.init_with_output(
+    jax.random.key(0), jnp.ones((1, 5, 5, 2))
+  )
+  assert y.dtype == jnp.bfloat16
+  assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(variables))

@@ -1,5 +1,9 @@
 """Tests for ssd_jax/optim.py: schedule, weight-decay mask, optimizer."""
 
+import math
+
+import flax
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -7,6 +11,7 @@ import pytest
 from conftest import load_config
 
 from ssd_jax import optim
+from ssd_jax.models import layers
 
 
 def reference_lr(step, base, warmup, f0, boundaries, factor):
@@ -35,16 +40,28 @@ def test_learning_rate_schedule_rejects_bad_values():
     optim.create_learning_rate_schedule(0.1, warmup_steps=-1)
 
 
-def test_weight_decay_mask_skips_biases_only():
+def test_weight_decay_mask_skips_biases_and_batch_norm():
   params = {
     "conv": {"kernel": np.ones((3, 3, 2, 2)), "bias": np.ones(2)},
     "l2norm": {"scale": np.ones(2)},
+    "block": {
+      "conv": {"kernel": np.ones((1, 1, 2, 2))},  # ConvBN: no bias.
+      "bn": {"scale": np.ones(2), "bias": np.ones(2)},
+    },
   }
   mask = optim.weight_decay_mask(params)
   assert mask == {
     "conv": {"kernel": True, "bias": False},
-    "l2norm": {"scale": True},
+    "l2norm": {"scale": True},  # The Caffe release decays it.
+    "block": {
+      "conv": {"kernel": True},
+      "bn": {"scale": False, "bias": False},  # NVIDIA's recipe.
+    },
   }
+  # On a real BatchNorm model's tree: exactly the conv kernels decay.
+  v = layers.ConvBN(4, 3).init(jax.random.key(0), np.ones((1, 5, 5, 2)))
+  flat = flax.traverse_util.flatten_dict(optim.weight_decay_mask(v["params"]))
+  assert {"/".join(k) for k, on in flat.items() if on} == {"conv/kernel"}
 
 
 def test_optimizer_applies_caffe_weight_decay_and_momentum():
@@ -105,3 +122,25 @@ def test_equal_configs_give_the_same_optimizer_objects():
   a = optim.create_optimizer(load_config("shapes", "small"))
   b = optim.create_optimizer(load_config("shapes", "small"))
   assert a[0] is b[0] and a[1] is b[1]
+
+
+def test_cosine_schedule_is_torchvisions_cosine_annealing():
+  fn = optim.create_learning_rate_schedule(
+    0.15, warmup_steps=10, warmup_init_factor=0.001, cosine_steps=100
+  )
+  for t in (10, 25, 50, 99, 100, 150):
+    want = 0.15 * (1 + math.cos(math.pi * min(t, 100) / 100)) / 2
+    np.testing.assert_allclose(float(fn(t)), want, rtol=1e-5, atol=1e-7)
+  cos0 = 0.15 * (1 + math.cos(0)) / 2
+  np.testing.assert_allclose(float(fn(0)), 0.001 * cos0, rtol=1e-5)
+  with pytest.raises(ValueError, match="excludes lr boundaries"):
+    optim.create_learning_rate_schedule(0.1, boundaries=(5,), cosine_steps=9)
+  config = load_config("shapes", "small")
+  config.update(lr_schedule="cosine", lr_boundaries=(), warmup_steps=0)
+  _, schedule = optim.create_optimizer(config)
+  np.testing.assert_allclose(
+    float(schedule(config.num_steps // 2)), config.learning_rate / 2, rtol=1e-5
+  )
+  config.lr_schedule = "linear"
+  with pytest.raises(ValueError, match="config.lr_schedule must be one of"):
+    optim.create_optimizer(config)

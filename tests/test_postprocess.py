@@ -376,3 +376,18 @@ def test_decode_detections_bad_input():
     postprocess.decode_detections_batch(
       np.zeros((2, 10, 4)), np.zeros((3, 10, 3)), priors
     )
+
+
+@pytest.mark.parametrize("cap", [1.5, True, "3"])
+def test_decode_detections_caps_must_be_integers(cap):
+  # Found by tests/test_fuzz.py: 1.5 gave numpy's "Partition index must be
+  # integer" TypeError.
+  priors = np.full((3, 4), 0.5, np.float32)
+  with pytest.raises(ValueError, match="top_k_per_class must be >= 1 or None"):
+    postprocess.decode_detections(
+      np.zeros((3, 4)), np.full((3, 3), 0.5), priors, top_k_per_class=cap
+    )
+  got = postprocess.decode_detections(
+    np.zeros((3, 4)), np.full((3, 3), 0.5), priors, top_k_per_class=np.int64(1)
+  )
+  assert np.bincount(got.labels).max() <= 1

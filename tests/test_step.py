@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 from conftest import REPO, load_config
 
 from ssd_jax import losses, matching, models, step, train
+from ssd_jax.models import layers
 
 
 def tiny_setup(optimizer="sgd", clip=0.0, lr=0.05):
@@ -23,7 +25,7 @@ def tiny_setup(optimizer="sgd", clip=0.0, lr=0.05):
   config.warmup_steps = 0
   model = models.SSD(num_classes=4, image_size=64, width=0.125)
   settings = step.step_settings(model, config)
-  params = train.init_params(model, jax.random.key(0))
+  params = train.init_variables(model, jax.random.key(0))["params"]
   state = step.create_train_state(params, settings.tx)
   return config, model, state, settings
 
@@ -138,8 +140,11 @@ def test_train_state_holds_state_only():
     "step",
     "params",
     "opt_state",
+    "batch_stats",
   }
-  # Every field is data (a checkpoint holds exactly these three).
+  # Every field is data; the VGG model has no statistics (an empty dict: no
+  # leaves, so a checkpoint holds step, params and optimizer state).
+  assert state.batch_stats == {} and state.variables().keys() == {"params"}
   leaves = jax.tree.leaves(state)
   assert len(leaves) == 1 + len(jax.tree.leaves(state.params)) + len(
     jax.tree.leaves(state.opt_state)
@@ -174,3 +179,126 @@ def test_replicated_state_compiles_the_step_once(caplog):
   ]
   assert len(compiles) == 1, compiles
   assert int(step.unreplicate(p_state.step)) == 3
+
+
+class TinyBNDetector(nn.Module):
+  """A detector with BatchNorm for the step's tests: 64 px in, 16x16 priors."""
+
+  num_classes: int = 4
+  image_size: int = 64
+
+  @nn.nowrap
+  def priors(self):
+    c = (np.arange(16) + 0.5) / 16
+    cx, cy = np.meshgrid(c, c)
+    wh = np.full(cx.size, 0.25)
+    return np.stack([cx.ravel(), cy.ravel(), wh, wh], -1).astype(np.float32)
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = layers.ConvBN(8, 3, stride=2, padding=1)(x, train)  # [b, 32, 32, 8]
+    x = layers.ConvBN(8, 3, stride=2, padding=1)(x, train)  # [b, 16, 16, 8]
+    loc = nn.Conv(4, (3, 3))(x).reshape(x.shape[0], -1, 4)
+    logits = nn.Conv(self.num_classes, (3, 3))(x)
+    return loc, logits.reshape(x.shape[0], -1, self.num_classes)
+
+
+def bn_setup(freeze=False):
+  config = load_config("shapes", "small")
+  config.optimizer, config.warmup_steps, config.learning_rate = "sgd", 0, 0.05
+  config.model.freeze_batch_norm = freeze
+  model = TinyBNDetector()
+  settings = step.step_settings(model, config)
+  variables = train.init_variables(model, jax.random.key(0))
+  state = step.create_train_state(
+    variables["params"], settings.tx, variables["batch_stats"]
+  )
+  return model, state, settings
+
+
+def test_batch_norm_statistics_train_and_freeze():
+  model, state, settings = bn_setup()
+  assert state.variables().keys() == {"params", "batch_stats"}
+  batch = tiny_batch(4, seed=2)
+  priors = np.asarray(model.priors())
+  new, _ = step.p_train_step(
+    step.replicate(state, 1),
+    jax.tree.map(lambda x: x[None], batch),
+    priors,
+    settings,
+  )
+  stats = step.unreplicate(new.batch_stats)
+  # One update of the running mean with flax's momentum 0.9, from 0, by the
+  # batch mean of the first BatchNorm's input (the convolution's output).
+  first = model.apply(
+    state.variables(), batch["image"], train=True, mutable=["batch_stats"]
+  )[1]["batch_stats"]
+  for a, b in zip(jax.tree.leaves(stats), jax.tree.leaves(first), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  assert not np.allclose(stats["ConvBN_0"]["bn"]["mean"], 0)
+  # Frozen: running statistics in the forward, none updated.
+  model, state, settings = bn_setup(freeze=True)
+  assert not settings.train_batch_norm
+  new, _ = step.p_train_step(
+    step.replicate(state, 1),
+    jax.tree.map(lambda x: x[None], batch),
+    priors,
+    settings,
+  )
+  for a, b in zip(
+    jax.tree.leaves(step.unreplicate(new.batch_stats)),
+    jax.tree.leaves(state.batch_stats),
+    strict=True,
+  ):
+    np.testing.assert_array_equal(a, b)
+
+
+_BN_FOUR_DEVICES = textwrap.dedent(
+  """
+  import os, sys
+  os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+  sys.path.insert(0, {tests!r})
+  import jax, numpy as np
+  assert jax.local_device_count() == 4, jax.devices()
+  import test_step as t
+  from ssd_jax import step
+  model, state, settings = t.bn_setup()
+  priors = np.asarray(model.priors())
+  batch = t.tiny_batch(8, seed=1)
+  def split(d):
+    return jax.tree.map(lambda x: x.reshape(d, 8 // d, *x.shape[1:]), batch)
+  s1, m1 = step.p_train_step(
+      step.replicate(state, 1), split(1), priors, settings)
+  s4, m4 = step.p_train_step(
+      step.replicate(state, 4), split(4), priors, settings)
+  np.testing.assert_allclose(
+    step.unreplicate(m1)["loss"], jax.device_get(m4)["loss"][0], rtol=1e-5)
+  for part in ("params", "batch_stats"):
+    one = jax.tree.leaves(step.unreplicate(getattr(s1, part)))
+    four = jax.device_get(jax.tree.leaves(getattr(s4, part)))
+    for a, c in zip(one, four):
+      for dev in range(4):
+        np.testing.assert_array_equal(c[dev], c[0])  # Replicas agree.
+      np.testing.assert_allclose(c[0], a, rtol=2e-4, atol=1e-5, err_msg=part)
+  print("OK")
+  """
+)
+
+
+@pytest.mark.slow
+def test_batch_norm_step_is_the_same_on_one_and_four_devices():
+  # Synchronised BatchNorm: the 4 x 2 split normalises with the statistics
+  # of all 8 images, as 1 x 8 does; parameters and running statistics agree
+  # to float32 summation-order error.
+  code = _BN_FOUR_DEVICES.format(tests=os.path.join(REPO, "tests"))
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  out = subprocess.run(
+    [sys.executable, "-c", code],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    cwd=REPO,
+  )
+  assert out.returncode == 0, out.stderr[-4000:]
+  assert "OK" in out.stdout

@@ -281,6 +281,7 @@ def test_restores_a_checkpoint_written_before_the_redesign(tmp_path):
   workdir = tmp_path / "old"
   workdir.mkdir()
   os.symlink(folder, workdir / "checkpoints")
-  model2, params, names, step = train.restore_params(config, str(workdir))
+  model2, variables, names, step = train.restore_params(config, str(workdir))
+  params = variables["params"]
   assert model2 == model and step == 2 and len(names) + 1 == 7
   assert jax.tree.structure(params) == jax.tree.structure(state.params)

@@ -81,3 +81,33 @@ def test_python_dash_m_runs_the_command_line():
   )
   assert result.returncode == 2
   assert "--from is required" in result.stderr
+
+
+def test_batch_norm_weights_keep_their_statistics_through_init_from(tmp_path):
+  from test_weights_ssdlite import random_state_dict as random_sd
+  from test_weights_ssdlite import tv_ssdlite_shapes
+
+  from ssd_jax import train
+  from ssd_jax.models import SSDLite320
+
+  sd = random_sd(tv_ssdlite_shapes(4, 0.25))
+  np.savez(tmp_path / "ssdlite.npz", **sd)
+  out = str(tmp_path / "ckpt")
+  argv = ["--from", "torchvision-ssdlite320", "--width", "0.25"]
+  weights.main([*argv, str(tmp_path / "ssdlite.npz"), out])
+  loaded = weights.load_variables(out)
+  want = weights.from_torchvision_ssdlite320(sd, width=0.25)
+  assert loaded.keys() == {"params", "batch_stats"}
+  for part in ("params", "batch_stats"):
+    for a, b in zip(
+      jax.tree.leaves(loaded[part]), jax.tree.leaves(want[part]), strict=True
+    ):
+      np.testing.assert_array_equal(a, b)
+  # config.init_from: the model starts from both collections.
+  model = SSDLite320(num_classes=4, image_size=96, width=0.25)
+  got = train.init_variables(model, jax.random.key(1), init_from=out)
+  for part in ("params", "batch_stats"):
+    for a, b in zip(
+      jax.tree.leaves(got[part]), jax.tree.leaves(want[part]), strict=True
+    ):
+      np.testing.assert_array_equal(a, b)

@@ -41,9 +41,11 @@ Sizes come from the json (`width`, `height`): indexing does not open the
 118,287 training images, it only checks that each file exists.
 
 Bad input names the file: a missing or malformed json, a missing image
-file, an annotation that refers to an unknown image or category, a bbox that
-is not four numbers, an image without a valid width/height, or category
-names that differ from the expected ones.
+file, an id that is not an integer, an annotation that refers to an unknown
+image or category, a bbox that is not four finite numbers, an `iscrowd`
+other than 0/1, an image without a valid width/height or file name, or
+category names that differ from the expected ones. (Huge but finite bbox
+values are clipped like any other box outside the image.)
 """
 
 import json
@@ -147,6 +149,8 @@ def _load_json(path: str) -> dict:
       data = json.load(f)
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise ValueError(f"{path}: malformed JSON ({e})") from e
+  except RecursionError as e:  # json's parser recurses per nesting level.
+    raise ValueError(f"{path}: malformed JSON (nested too deeply)") from e
   if not isinstance(data, dict):
     raise ValueError(f"{path}: expected a JSON object at the top level")
   for key in ("images", "annotations", "categories"):
@@ -163,7 +167,7 @@ def _categories(path: str, data: dict) -> tuple[list[int], list[str]]:
   for k, c in enumerate(data["categories"]):
     cid = c.get("id") if isinstance(c, dict) else None
     name = c.get("name") if isinstance(c, dict) else None
-    if not isinstance(cid, int) or isinstance(cid, bool) or not name:
+    if not _is_id(cid) or not name:
       raise ValueError(
         f"{path}: category {k} needs an integer 'id' and a 'name', got {c!r}"
       )
@@ -223,23 +227,36 @@ def _is_integer(v) -> bool:
   return _is_number(v) and float(v).is_integer()
 
 
+# Ids are stored as int64 and image sides must be sizes numpy can hold.
+_MAX_ID = 2**63 - 1
+_MAX_SIDE = 2**31 - 1
+
+
+def _is_id(v) -> bool:
+  """An integer id (not a bool, nor a float) that fits int64."""
+  return isinstance(v, int) and not isinstance(v, bool) and abs(v) <= _MAX_ID
+
+
 def _images(path: str, data: dict, folder: str):
   """Image ids (sorted), file paths and [N, 2] sizes (h, w) of the json."""
   seen = {}
   for k, im in enumerate(data["images"]):
     iid = im.get("id") if isinstance(im, dict) else None
-    if not isinstance(iid, int) or isinstance(iid, bool):
+    if not _is_id(iid):
       raise ValueError(f"{path}: image {k} has no integer 'id'")
     if iid in seen:
       raise ValueError(f"{path}: image id {iid} appears twice")
     w, h = im.get("width"), im.get("height")
-    if not (_is_integer(w) and _is_integer(h) and w >= 1 and h >= 1):
+    if not all(_is_integer(v) and 1 <= v <= _MAX_SIDE for v in (w, h)):
       raise ValueError(
         f"{path}: image {iid} ({im.get('file_name')}) has no valid "
         f"width/height (got width={w!r}, height={h!r})"
       )
-    if not im.get("file_name"):
-      raise ValueError(f"{path}: image {iid} has no 'file_name'")
+    name = im.get("file_name")
+    if not isinstance(name, str) or not name:
+      raise ValueError(
+        f"{path}: image {iid} has no 'file_name' string (got {name!r})"
+      )
     seen[iid] = im
   ids = sorted(seen)
   paths = [os.path.join(folder, seen[i]["file_name"]) for i in ids]
@@ -262,21 +279,27 @@ def _annotations(path: str, data: dict, image_index: dict, label_of: dict):
       raise ValueError(f"{path}: annotation {k} is not an object")
     aid = a.get("id", k)
     iid, cid = a.get("image_id"), a.get("category_id")
-    if not isinstance(aid, int) or isinstance(aid, bool):
+    if not _is_id(aid):
       raise ValueError(f"{path}: annotation {k} has a non-integer id {aid!r}")
-    if not isinstance(iid, int) or iid not in image_index:
+    if not _is_id(iid) or iid not in image_index:
       raise ValueError(
         f"{path}: annotation {aid} refers to unknown image_id {iid!r}"
       )
-    if not isinstance(cid, int) or cid not in label_of:
+    if not _is_id(cid) or cid not in label_of:
       raise ValueError(
         f"{path}: annotation {aid} (image {iid}) refers to unknown "
         f"category_id {cid!r}"
       )
+    iscrowd = a.get("iscrowd", 0)
+    if iscrowd not in (0, 1) or not isinstance(iscrowd, int):
+      raise ValueError(
+        f"{path}: annotation {aid} (image {iid}) has iscrowd {iscrowd!r}; "
+        "need 0 or 1"
+      )
     rows.append(image_index[iid])
     ann_ids.append(aid)
     labels.append(label_of[cid])
-    crowd.append(bool(a.get("iscrowd", 0)))
+    crowd.append(bool(iscrowd))
     bboxes.append(a.get("bbox"))
   bbox = _bbox_array(bboxes)
   if bbox is None:  # Find the first bad one, for the message.
@@ -323,9 +346,10 @@ def _normalized_corners(bbox: np.ndarray, sizes: np.ndarray) -> np.ndarray:
   """[A, 4] `[x, y, w, h]` pixels with [A, 2] sizes (h, w) -> corners."""
   x, y, w, h = np.moveaxis(bbox, -1, 0)  # Each [A].
   height, width = sizes[:, 0], sizes[:, 1]  # [A]
-  return np.stack(
-    [x / width, y / height, (x + w) / width, (y + h) / height], -1
-  )  # [A, 4]
+  with np.errstate(over="ignore"):  # x + w may overflow to inf: clipped.
+    return np.stack(
+      [x / width, y / height, (x + w) / width, (y + h) / height], -1
+    )  # [A, 4]
 
 
 def index_coco_folder(
@@ -351,8 +375,9 @@ def index_coco_folder(
     FileNotFoundError: naming the missing json (with the expected layout)
       or the missing image files.
     ValueError: naming the json, for malformed JSON, categories that differ
-      from the expected names, an annotation with an unknown image or
-      category or a bad bbox, or an image without a valid width/height.
+      from the expected names, a non-integer id, an annotation with an
+      unknown image or category, a bad bbox or iscrowd, or an image without
+      a valid width/height or file name.
   """
   path = coco_annotation_path(root, split)
   data = _load_json(path)
@@ -383,10 +408,12 @@ def index_coco_folder(
     rows, ann_ids, labels, crowd, bbox = (
       t[keep] for t in (rows, ann_ids, labels, crowd, bbox)
     )
-  raw = _normalized_corners(bbox, sizes[rows]).astype(np.float32)  # [A, 4]
-  boxes = np.clip(raw, 0.0, 1.0)
+  raw = _normalized_corners(bbox, sizes[rows])  # [A, 4] float64
+  # Clipped before the cast: a huge finite bbox would overflow float32.
+  boxes = np.clip(raw, 0.0, 1.0).astype(np.float32)  # [A, 4]
   usable = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-  num_clipped = int((np.any(boxes != raw, -1) & usable).sum())
+  outside = np.any((raw < 0.0) | (raw > 1.0), -1)  # [A]
+  num_clipped = int((outside & usable).sum())
   dropped = np.flatnonzero(~usable)
   for i in dropped[:_MAX_LOGGED_DROPS]:
     _log.warning(

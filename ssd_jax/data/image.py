@@ -6,9 +6,12 @@ files (`decode_image_file`, PIL and numpy), importable by host code
 (evaluation, prediction, pictures, the VOC-folder reader) without loading
 the tf.data pipeline.
 
-Normalisation (SSD/Caffe and torchvision convention): 0..255 RGB pixels
-minus `MEAN_RGB`, std 1. The tf.data pipeline (`augment.py`) subtracts the
-same constant inside its graphs.
+Normalisation: each model names its own (`NORMALIZATIONS`: "caffe" for the
+VGG16 SSD, 0..255 RGB pixels minus `MEAN_RGB`, std 1; "imagenet" and
+"minus_one_one" for the torchvision-derived models). The augmentation
+(`augment.py`) works in the caffe form (its zoom-out fill is the mean, 0
+after normalisation); the pipelines convert its output with
+`renormalize_from_caffe` for the model at hand.
 
 Box conventions. The codebase's boxes are continuous corners normalised to
 [0, 1]: pixel k (0-based) covers [k, k + 1). Two pixel conventions exist:
@@ -60,37 +63,91 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 MEAN_RGB = (123.0, 117.0, 104.0)
 
 
-def normalize(images) -> np.ndarray:
+# The models' input normalisations, each `pixels * scale + offset` per RGB
+# channel on 0..255 pixels: "caffe" (VGG16 SSD, the Caffe release: minus
+# `MEAN_RGB`), "imagenet" (torchvision's ResNet-50, NVIDIA's SSD300: ImageNet
+# mean and std on [0, 1]), "minus_one_one" (torchvision's SSDLite: [-1, 1]).
+_IMAGENET_MEAN = np.asarray((0.485, 0.456, 0.406))
+_IMAGENET_STD = np.asarray((0.229, 0.224, 0.225))
+NORMALIZATIONS = {
+  "caffe": (np.ones(3), -np.asarray(MEAN_RGB)),
+  "imagenet": (1.0 / (255.0 * _IMAGENET_STD), -_IMAGENET_MEAN / _IMAGENET_STD),
+  "minus_one_one": (np.full(3, 1.0 / 127.5), -np.ones(3)),
+}
+
+
+def normalization(kind: str) -> tuple[np.ndarray, np.ndarray]:
+  """(scale [3], offset [3]) float32 of a normalisation: `p * scale + off`.
+
+  Raises:
+    ValueError: naming the valid kinds for an unknown one.
+  """
+  if kind not in NORMALIZATIONS:
+    raise ValueError(
+      f"unknown normalization {kind!r}; one of {sorted(NORMALIZATIONS)}"
+    )
+  scale, offset = NORMALIZATIONS[kind]
+  return scale.astype(np.float32), offset.astype(np.float32)
+
+
+def normalize(images, kind: str = "caffe") -> np.ndarray:
   """Normalise uint8 RGB pixels for the model (numpy, host side).
 
   Args:
     images: [..., H, W, 3] uint8 (or any real dtype) RGB, values 0..255.
+    kind: the model's normalisation (`NORMALIZATIONS`; the model class's
+      `normalization`). "caffe" is `images - MEAN_RGB`.
 
   Returns:
-    [..., H, W, 3] float32, `images - MEAN_RGB`.
+    [..., H, W, 3] float32, `images * scale + offset`.
 
   Raises:
-    ValueError: if the last axis is not 3 channels.
+    ValueError: if the last axis is not 3 channels, or for an unknown kind.
   """
   images = np.asarray(images)
   if images.shape[-1:] != (3,):
     raise ValueError(
       f"images must end in 3 RGB channels, got shape {images.shape}"
     )
-  return images.astype(np.float32) - np.asarray(MEAN_RGB, np.float32)
+  scale, offset = normalization(kind)
+  if kind == "caffe":  # Exact: no multiply.
+    return images.astype(np.float32) + offset
+  return images.astype(np.float32) * scale + offset
 
 
-def denormalize(images) -> np.ndarray:
+def denormalize(images, kind: str = "caffe") -> np.ndarray:
   """Invert `normalize` to displayable uint8 pixels.
 
   Args:
-    images: [..., H, W, 3] float, normalised.
+    images: [..., H, W, 3] float, normalised with `kind`.
+    kind: see `normalize`.
 
   Returns:
     [..., H, W, 3] uint8, rounded (half to even) and clipped to 0..255.
   """
-  images = np.asarray(images, np.float32) + np.asarray(MEAN_RGB, np.float32)
+  scale, offset = normalization(kind)
+  images = (np.asarray(images, np.float32) - offset) / scale
   return np.clip(np.round(images), 0, 255).astype(np.uint8)
+
+
+def renormalize_from_caffe(images, kind: str):
+  """Caffe-normalised images (the augmentation's output) -> `kind`'s.
+
+  Works on numpy, jax and tf arrays alike (elementwise arithmetic with
+  numpy constants). "caffe" returns the input unchanged.
+
+  Args:
+    images: [..., 3] float32, `pixels - MEAN_RGB`.
+    kind: see `normalize`.
+
+  Returns:
+    [..., 3] float32, `normalize(pixels, kind)`.
+  """
+  if kind == "caffe":
+    return images
+  scale, offset = normalization(kind)
+  mean = np.asarray(MEAN_RGB, np.float32)
+  return images * scale + (mean * scale + offset)
 
 
 def _to_pixels(boxes: np.ndarray, size, shift) -> np.ndarray:

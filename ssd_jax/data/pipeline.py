@@ -36,6 +36,7 @@ import numpy as np
 import tensorflow as tf
 
 from ssd_jax.data import augment, dataset, sources
+from ssd_jax.data import image as image_lib
 
 _log = logging.getLogger(__name__)
 
@@ -54,7 +55,9 @@ def _plain(fn):
   return tf.autograph.experimental.do_not_convert(fn)
 
 
-def eval_inputs(image: tf.Tensor, image_size: int) -> tf.Tensor:
+def eval_inputs(
+  image: tf.Tensor, image_size: int, normalization: str = "caffe"
+) -> tf.Tensor:
   """The evaluation preprocessing of one decoded image (resize, normalise).
 
   The one definition of what the network sees at evaluation: the eval
@@ -64,12 +67,15 @@ def eval_inputs(image: tf.Tensor, image_size: int) -> tf.Tensor:
   Args:
     image: uint8 [H, W, 3] RGB.
     image_size: model input side.
+    normalization: the model's (`ssd_jax.data.image.NORMALIZATIONS`).
 
   Returns:
-    float32 [S, S, 3] normalised (`augment.eval_preprocess`), S =
-    image_size; `ssd_jax.data.image.denormalize` gives back its pixels.
+    float32 [S, S, 3] normalised (`augment.eval_preprocess`, then the
+    model's normalisation), S = image_size;
+    `ssd_jax.data.image.denormalize(x, normalization)` gives back its pixels.
   """
   pixels = augment.eval_preprocess(image, image_size)
+  pixels = image_lib.renormalize_from_caffe(pixels, normalization)
   return tf.ensure_shape(pixels, [image_size, image_size, 3])
 
 
@@ -177,6 +183,7 @@ def create_train_iterator(
   seed: int,
   start_step: int = 0,
   num_devices: int | None = None,
+  normalization: str = "caffe",
 ) -> Iterator[dict]:
   """The infinite, augmented, deterministic and resumable training stream.
 
@@ -188,6 +195,8 @@ def create_train_iterator(
     start_step: first step to yield; the batches equal an uninterrupted
       run's from that step on.
     num_devices: local devices D (default `jax.local_device_count()`).
+    normalization: the model's input normalisation
+      (`ssd_jax.data.image.NORMALIZATIONS`).
 
   Returns:
     Iterator of numpy dicts: "image" float32 [D, B/D, H, W, 3] normalised,
@@ -225,6 +234,7 @@ def create_train_iterator(
       )
     else:
       image = augment.eval_preprocess(ex["image"], image_size)
+    image = image_lib.renormalize_from_caffe(image, normalization)
     image = tf.ensure_shape(image, [image_size, image_size, 3])
     return {
       "image": image,
@@ -272,7 +282,7 @@ def create_train_iterator(
 
 
 def create_eval_iterator(
-  data_cfg, *, image_size: int, batch_size: int
+  data_cfg, *, image_size: int, batch_size: int, normalization: str = "caffe"
 ) -> Iterator[dict]:
   """The finite evaluation stream: every example once, in order.
 
@@ -288,6 +298,7 @@ def create_eval_iterator(
       boxes are cut.
     image_size: model input side.
     batch_size: images per batch.
+    normalization: the model's input normalisation (see `eval_inputs`).
 
   Returns:
     Iterator of numpy dicts: "image" float32 [B, H, W, 3] normalised,
@@ -304,7 +315,7 @@ def create_eval_iterator(
 
   def process(ex):
     return {
-      "image": eval_inputs(ex["image"], image_size),
+      "image": eval_inputs(ex["image"], image_size, normalization),
       "boxes": _pad(tf.reshape(ex["boxes"], [-1, 4]), max_boxes),
       "labels": _pad(tf.cast(ex["labels"], tf.int32), max_boxes),
       "difficult": _pad(ex["difficult"], max_boxes),

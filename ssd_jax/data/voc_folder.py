@@ -71,14 +71,22 @@ class VocRecord(NamedTuple):
   original_size: tuple[int, int]
 
 
+def _read_lines(path: str) -> list[str]:
+  """The lines of a UTF-8 text file; ValueError naming it if it is not."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      return f.readlines()
+  except UnicodeDecodeError as e:
+    raise ValueError(f"{path}: not UTF-8 text ({e})") from e
+
+
 def read_class_names(path: str) -> list[str]:
   """Reads a `classes.txt`: one class name per line, blank lines ignored.
 
   Raises:
     ValueError: naming the file, if it is empty or repeats a name.
   """
-  with open(path, encoding="utf-8") as f:
-    names = [line.strip() for line in f if line.strip()]
+  names = [line.strip() for line in _read_lines(path) if line.strip()]
   if not names:
     raise ValueError(f"{path}: no class names in it")
   dupes = sorted({n for n in names if names.count(n) > 1})
@@ -210,8 +218,10 @@ def _record(root, image_id, names, counts, check_images) -> VocRecord:
     try:
       height = int(xml_root.findtext("size/height"))
       width = int(xml_root.findtext("size/width"))
+      if height <= 0 or width <= 0:
+        raise ValueError(f"size {height}x{width} (h x w) is not positive")
     except (TypeError, ValueError) as e:
-      raise ValueError(f"{xml_path}: no valid <size> element") from e
+      raise ValueError(f"{xml_path}: no valid <size> element ({e})") from e
   xml_size = (xml_root.findtext("size/height"), xml_root.findtext("size/width"))
   if check_images and all(xml_size) and xml_size != (str(height), str(width)):
     _log.warning(
@@ -282,8 +292,7 @@ def index_voc_folder(
   split_path = os.path.join(root, "ImageSets", "Main", split + ".txt")
   if not os.path.isfile(split_path):
     raise FileNotFoundError(f"split file not found: {split_path}")
-  with open(split_path, encoding="utf-8") as f:
-    ids = [line.split()[0] for line in f if line.strip()]
+  ids = [line.split()[0] for line in _read_lines(split_path) if line.strip()]
   if not ids:
     raise ValueError(f"{split_path}: no image ids in it")
   counts = _Counts()

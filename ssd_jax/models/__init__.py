@@ -1,4 +1,6 @@
-"""Flax SSD models: `SSD`, `SSD300`, `SSD512` and `from_config`.
+"""Flax SSD models: `SSD`, `SSD300`, `SSD512` (VGG16, the paper's),
+`SSD300ResNet50` (NVIDIA's v1.1), `SSDLite320` (torchvision's) and
+`from_config` (`model.backbone` picks the family).
 
 The SSD is assembled in `ssd.py` from its parts: a backbone returning the
 source maps (`backbones/`), the extra blocks (`extras.py`), the multibox
@@ -13,9 +15,12 @@ from ssd_jax.default_boxes import (
   TorchvisionPriorConfig,
   prior_boxes,
 )
+from ssd_jax.models.backbones.mobilenet_v3 import MobileNetV3Large
+from ssd_jax.models.backbones.resnet import ResNet50, ResNet50Backbone
 from ssd_jax.models.backbones.vgg import VGG16, L2Norm
 from ssd_jax.models.extras import extra_blocks
 from ssd_jax.models.ssd import (
+  BACKBONES,
   SSD,
   SSD300,
   SSD512,
@@ -23,18 +28,29 @@ from ssd_jax.models.ssd import (
   feature_sizes,
   from_config,
 )
+from ssd_jax.models.ssd_resnet50 import SSD300ResNet50
+from ssd_jax.models.ssdlite import SSDLite320
+from ssd_jax.models.variables import as_variables, normalization_of
 
 __all__ = [
+  "BACKBONES",
   "SSD",
   "SSD300",
+  "SSD300ResNet50",
   "SSD512",
+  "SSDLite320",
+  "MobileNetV3Large",
+  "ResNet50",
+  "ResNet50Backbone",
   "TORCHVISION_SSD300_PRIORS",
   "VGG16",
   "L2Norm",
   "TorchvisionPriorConfig",
+  "as_variables",
   "default_prior_config",
   "extra_blocks",
   "feature_sizes",
   "from_config",
+  "normalization_of",
   "prior_boxes",
 ]

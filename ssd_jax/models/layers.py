@@ -18,7 +18,9 @@ at batch 2 here), so the CPU keeps the dilated convolution. Same parameters,
 same values up to float rounding.
 """
 
-from collections.abc import Sequence
+import contextlib
+import contextvars
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -177,3 +179,94 @@ def conv(
     conv_general_dilated=conv_general_dilated,
     name=name,
   )
+
+
+_BN_AXIS = contextvars.ContextVar("ssd_jax_bn_axis", default=None)
+
+
+@contextlib.contextmanager
+def batch_norm_axis(axis_name: str | None) -> Iterator[None]:
+  """Within: training-mode BatchNorm averages its batch statistics over the
+  named device axis (synchronised BatchNorm).
+
+  The data-parallel step traces the model inside
+  `batch_norm_axis("batch")`, so every `ConvBN` normalises with the
+  statistics of the global batch: the step's result does not depend on
+  how the batch is split over devices (as the MultiBox loss's normaliser
+  does not). Outside it (or with None) BatchNorm uses the local batch.
+  """
+  token = _BN_AXIS.set(axis_name)
+  try:
+    yield
+  finally:
+    _BN_AXIS.reset(token)
+
+
+class ConvBN(nn.Module):
+  """Convolution without bias -> BatchNorm -> activation, as torch builds it.
+
+  The block of the BatchNorm models (ResNet-50, MobileNetV3 and their SSD
+  parts). Parameters `conv/kernel` [k, k, in / groups, features] (HWIO) and
+  `bn/scale`, `bn/bias`; statistics `bn/mean`, `bn/var` in the
+  "batch_stats" collection. Padding is symmetric, as torch's
+  `Conv2d(padding=p)` (flax's "SAME" pads a strided convolution
+  asymmetrically, which would shift every output against torch's).
+
+  Attributes:
+    features: output channels.
+    kernel: side of the square kernel.
+    stride: the same stride on both axes.
+    padding: symmetric padding on both axes (torch's `padding`).
+    groups: feature groups (`groups = in channels` is depthwise).
+    activation: applied after the BatchNorm; None for none.
+    bn_eps: BatchNorm epsilon (torch's `eps`).
+    bn_momentum: flax's decay of the running statistics, `1 - torch's
+      momentum` (0.9 for torch's default 0.1).
+    dtype: computation dtype.
+    param_dtype: parameter dtype.
+  """
+
+  features: int
+  kernel: int
+  stride: int = 1
+  padding: int = 0
+  groups: int = 1
+  activation: Any = nn.relu
+  bn_eps: float = 1e-5
+  bn_momentum: float = 0.9
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """[B, H, W, C] -> [B, H', W', features].
+
+    Args:
+      x: the input, NHWC.
+      train: normalise with the batch's statistics (over the devices of
+        `batch_norm_axis`, when set) and update the running ones (needs
+        `mutable=["batch_stats"]`); False uses the running ones.
+    """
+    p = self.padding
+    x = nn.Conv(
+      self.features,
+      (self.kernel, self.kernel),
+      strides=(self.stride, self.stride),
+      padding=((p, p), (p, p)),
+      feature_group_count=self.groups,
+      use_bias=False,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
+      name="conv",
+    )(x)
+    x = nn.BatchNorm(
+      use_running_average=not train,
+      axis_name=_BN_AXIS.get() if train else None,
+      momentum=self.bn_momentum,
+      epsilon=self.bn_eps,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      name="bn",
+    )(x)
+    return x if self.activation is None else self.activation(x)

@@ -26,7 +26,7 @@ keeps `batch_stats` beside `params`.
 """
 
 import functools
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -117,6 +117,10 @@ class SSD(nn.Module):
       (`cpu_ops.max_pool` for VGG16's 2x2 pools; same results).
   """
 
+  # The input normalisation (`ssd_jax.data.image.NORMALIZATIONS`): the Caffe
+  # release's mean subtraction.
+  normalization: ClassVar[str] = "caffe"
+
   num_classes: int
   image_size: int = 300
   width: float = 1.0
@@ -175,12 +179,15 @@ class SSD(nn.Module):
     for part in (self.backbone, self.extras, self.heads):
       nn.share_scope(self, part)
 
-  def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+  def __call__(
+    self, images: jax.Array, train: bool = False
+  ) -> tuple[jax.Array, jax.Array]:
     """Predicts box offsets and class logits for every default box.
 
     Args:
       images: [B, image_size, image_size, 3] float32, normalised by the
         input pipeline (the model does no normalisation).
+      train: unused (no BatchNorm, no dropout); the zoo's common signature.
 
     Returns:
       loc: [B, P, 4] offsets (cx, cy, w, h) against `priors()`, to decode
@@ -200,6 +207,7 @@ class SSD(nn.Module):
         f"SSD(image_size={self.image_size}) expects images of shape "
         f"[B, {self.image_size}, {self.image_size}, 3], got {images.shape}"
       )
+    del train
     sources = self.backbone(images)  # [conv4_3 (normalised), fc7]
     extras = self.extras(sources[-1])  # [conv8_2, conv9_2, ...]
     return self.heads([*sources, *extras])
@@ -209,11 +217,19 @@ SSD300 = functools.partial(SSD, image_size=300)
 SSD512 = functools.partial(SSD, image_size=512)
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+BACKBONES = ("vgg16", "resnet50", "mobilenet_v3_large")
 _FIXED_SIZES = {"ssd300": 300, "ssd512": 512}
 
 
-def from_config(model_cfg: Any, num_classes: int) -> SSD:
+def from_config(model_cfg: Any, num_classes: int) -> Any:
   """Builds the model from a config.
+
+  `backbone` (default "vgg16") picks the family: "vgg16" is the paper's SSD
+  as below; "resnet50" is NVIDIA's `SSD300ResNet50` and
+  "mobilenet_v3_large" torchvision's `SSDLite320`, each with its own
+  default boxes and input normalisation, built at `image_size` (default
+  300 / 320) and `width`, with `dtype` / `param_dtype`; `name` and
+  `cpu_fast_ops` concern the VGG models only.
 
   Args:
     model_cfg: ConfigDict (or mapping) with `name` ("ssd300" | "ssd512" |
@@ -236,6 +252,13 @@ def from_config(model_cfg: Any, num_classes: int) -> SSD:
     ValueError: naming the field that is unknown or inconsistent.
   """
   cfg = dict(model_cfg)
+  backbone = cfg.get("backbone", "vgg16")
+  if backbone not in BACKBONES:
+    raise ValueError(
+      f"model.backbone must be one of {BACKBONES}; got {backbone!r}"
+    )
+  if backbone != "vgg16":
+    return _zoo_model(backbone, cfg, num_classes)
   name = cfg.get("name", "ssd")
   if name not in ("ssd", *_FIXED_SIZES):
     raise ValueError(f"model.name must be ssd300, ssd512 or ssd; got {name!r}")
@@ -281,4 +304,38 @@ def from_config(model_cfg: Any, num_classes: int) -> SSD:
     dtype=_DTYPES[cfg.get("dtype", "float32")],
     param_dtype=_DTYPES[cfg.get("param_dtype", "float32")],
     prior_config=by_size and by_size[int(image_size)],
+  )
+
+
+def _zoo_model(backbone: str, cfg: dict, num_classes: int) -> Any:
+  """The BatchNorm models of the zoo (`from_config`'s other backbones)."""
+  # Imported here: the zoo modules import this one's helpers.
+  if backbone == "resnet50":
+    from ssd_jax.models.ssd_resnet50 import SSD300ResNet50 as cls
+
+    default_size = 300
+  else:
+    from ssd_jax.models.ssdlite import SSDLite320 as cls
+
+    default_size = 320
+  for field in ("dtype", "param_dtype"):
+    if cfg.get(field, "float32") not in _DTYPES:
+      raise ValueError(
+        f"model.{field} must be one of {sorted(_DTYPES)}; got {cfg[field]!r}"
+      )
+  if cfg.get("priors", "default") != "default":
+    raise ValueError(
+      f"model.priors={cfg['priors']!r}: the {backbone} model brings its own "
+      "default boxes; leave model.priors at 'default'"
+    )
+  if num_classes < 2:
+    raise ValueError(
+      f"num_classes must be >= 2 (background + 1); got {num_classes}"
+    )
+  return cls(
+    num_classes=num_classes,
+    image_size=int(cfg.get("image_size") or default_size),
+    width=float(cfg.get("width", 1.0)),
+    dtype=_DTYPES[cfg.get("dtype", "float32")],
+    param_dtype=_DTYPES[cfg.get("param_dtype", "float32")],
   )

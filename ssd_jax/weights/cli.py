@@ -1,9 +1,15 @@
-"""The command line: a torchvision weight file -> an orbax params checkpoint.
+"""The command line: a torch weight file -> an orbax checkpoint.
 
-Writes `{"params": ...}` for `config.init_from`::
+Writes `{"params": ...}` (and "batch_stats" for the BatchNorm models) for
+`config.init_from`::
 
   python -m ssd_jax.weights --from torchvision-vgg16 vgg16.pth OUT_DIR
   python -m ssd_jax.weights --from torchvision-ssd300 ssd300.pth OUT_DIR
+  python -m ssd_jax.weights --from nvidia-ssd300 nvidia_ssd.pt OUT_DIR
+  python -m ssd_jax.weights --from torchvision-resnet50 resnet50.pth OUT_DIR
+  python -m ssd_jax.weights --from torchvision-ssdlite320 ssdlite.pth OUT_DIR
+  python -m ssd_jax.weights --from torchvision-mobilenet-v3-large \
+    mobilenet_v3_large.pth OUT_DIR
 
 `__main__.py` runs `main`; it lives here so that `ssd_jax.weights.main` can
 be imported without `python -m` executing the module a second time.
@@ -14,8 +20,17 @@ import argparse
 import jax
 import numpy as np
 
+from ssd_jax.models.variables import as_variables
+from ssd_jax.weights import nvidia, ssdlite, torchvision
 from ssd_jax.weights.io import load_state_dict, save_params
-from ssd_jax.weights.torchvision import CONVERTERS
+
+# --from NAME -> converter(state_dict, width=...) -> params or variables.
+CONVERTERS = {
+  **torchvision.CONVERTERS,
+  **nvidia.CONVERTERS,
+  "torchvision-ssdlite320": ssdlite.from_torchvision_ssdlite320,
+  "torchvision-mobilenet-v3-large": ssdlite.from_torchvision_mobilenet_v3_large,
+}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -23,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
 
   Args:
     argv: the arguments (default `sys.argv[1:]`): `--from NAME` (a key of
-      `torchvision.CONVERTERS`), the input file (.pth, .npz or
+      `CONVERTERS`), the input file (.pth, .npz or
       .safetensors), the new checkpoint directory, and `--width`.
 
   Raises:
@@ -31,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
   """
   parser = argparse.ArgumentParser(
     prog="python -m ssd_jax.weights",
-    description="Convert a torchvision weight file to an orbax checkpoint.",
+    description="Convert a torch weight file to an orbax checkpoint.",
   )
   parser.add_argument("--from", dest="source", choices=sorted(CONVERTERS))
   parser.add_argument("input", help=".pth, .npz or .safetensors state dict")
@@ -46,7 +61,14 @@ def main(argv: list[str] | None = None) -> None:
   if args.source is None:
     parser.error("--from is required")
   state_dict = load_state_dict(args.input)
-  params = CONVERTERS[args.source](state_dict, width=args.width)
-  save_params(args.output, params, source=args.source)
-  count = sum(np.size(x) for x in jax.tree.leaves(params))
+  variables = as_variables(
+    CONVERTERS[args.source](state_dict, width=args.width)
+  )
+  save_params(
+    args.output,
+    variables["params"],
+    source=args.source,
+    batch_stats=variables.get("batch_stats"),
+  )
+  count = sum(np.size(x) for x in jax.tree.leaves(variables["params"]))
   print(f"wrote {count:,} parameters from {args.input} to {args.output}")

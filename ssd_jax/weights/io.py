@@ -214,13 +214,17 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
   return _READERS[suffix](path)
 
 
-def save_params(path: str, params: Params, source: str = "") -> None:
+def save_params(
+  path: str, params: Params, source: str = "", batch_stats: Params = None
+) -> None:
   """Writes `{"params": params}` as an orbax checkpoint directory.
 
   Args:
     path: new directory (made absolute; must not exist).
     params: a params tree of arrays.
     source: recorded in the checkpoint's custom metadata.
+    batch_stats: a BatchNorm model's running statistics, saved beside the
+      params when given (`load_variables` reads both).
 
   Raises:
     FileExistsError: if `path` exists.
@@ -229,14 +233,23 @@ def save_params(path: str, params: Params, source: str = "") -> None:
   if os.path.exists(path):
     raise FileExistsError(f"{path} exists; choose a new checkpoint path")
   with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(
-      path, {"params": params}, custom_metadata={"source": source}
-    )
+    tree = {"params": params}
+    if batch_stats:
+      tree["batch_stats"] = batch_stats
+    checkpointer.save(path, tree, custom_metadata={"source": source})
     checkpointer.wait_until_finished()
 
 
 def load_params(path: str) -> Params:
-  """Reads the params of a checkpoint written by `save_params` / the CLI.
+  """The params of a checkpoint written by `save_params` / the CLI.
+
+  `load_variables(path)["params"]`; see there.
+  """
+  return load_variables(path)["params"]
+
+
+def load_variables(path: str) -> dict[str, Params]:
+  """Reads a checkpoint written by `save_params` / the CLI.
 
   For `config.init_from`: `merge_params(model.init(...)["params"],
   load_params(path))`; a torchvision-vgg16 import holds only `vgg` (the
@@ -247,7 +260,8 @@ def load_params(path: str) -> Params:
     path: checkpoint directory.
 
   Returns:
-    The params tree, numpy arrays.
+    {"params": tree} and, for a BatchNorm model's weights,
+    "batch_stats"; numpy arrays.
 
   Raises:
     FileNotFoundError: if `path` does not exist.
@@ -272,7 +286,7 @@ def load_params(path: str) -> Params:
     ) from error
   if not isinstance(restored, Mapping) or "params" not in restored:
     raise ValueError(f"{path}: checkpoint has no 'params' entry")
-  return restored["params"]
+  return {k: restored[k] for k in ("params", "batch_stats") if k in restored}
 
 
 class MergedParams(NamedTuple):
