@@ -2,7 +2,9 @@
 
 One section per script (bench.py, gpu_forward_probe.py,
 bench_alternatives.py, bench_model.py, bench_layers.py,
-bench_postprocess.py, bench_input.py, sweeps/sweep.py). The scripts are not
+bench_postprocess.py, bench_input.py, bench_zoo.py, sweeps/sweep.py; the
+torch reference torch_nvidia_ssd300.py is run by test_weights_nvidia.py where
+torch is installed). The scripts are not
 a package: the `load_experiment` fixture of conftest.py imports them by
 path. Every run here uses tiny settings; the figures themselves are not
 checked.
@@ -306,3 +308,17 @@ def test_gpu_fc6_smoke(load_experiment, capsys):
   ]
   assert all(r[2] < 1e-4 for r in rows)
   assert "phases+bias+relu" in capsys.readouterr().out
+
+
+# --- bench_zoo.py ------------------------------------------------------------
+
+
+def test_bench_zoo_smoke(capsys, load_experiment):
+  """experiments/bench_zoo.py runs end to end on tiny zoo models."""
+  bench = load_experiment("bench_zoo")
+  bench.main(
+    "--models ssdlite --repeats 1 --batch 2 --no-torch --width 0.125 "
+    "--image-size 64".split()
+  )
+  out = capsys.readouterr().out
+  assert "ssdlite   params" in out and "train_step" in out

@@ -304,3 +304,41 @@ def test_conv_bn_dtypes():
   )
   assert y.dtype == jnp.bfloat16
   assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(variables))
+
+
+@pytest.mark.parametrize(
+  "k, stride, pad",
+  [(3, 1, (1, 1)), (3, 2, (1, 1)), (5, 2, (2, 2)), (3, 1, (0, 1))],
+)
+def test_depthwise_conv_by_shifts_equals_grouped_conv(k, stride, pad):
+  rng = np.random.default_rng(k + stride)
+  x = jnp.asarray(rng.normal(size=(2, 9, 11, 6)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(k, k, 1, 6)), jnp.float32)
+  padding = (pad, pad)
+
+  def ref(x, w):
+    return jax.lax.conv_general_dilated(
+      x, w, (stride, stride), padding,
+      dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=6,
+    )  # fmt: skip
+
+  def ours(x, w):
+    return layers.depthwise_conv_by_shifts(x, w, stride, padding)
+
+  np.testing.assert_allclose(ours(x, w), ref(x, w), rtol=1e-5, atol=1e-5)
+  g_ours = jax.grad(lambda x, w: (ours(x, w) ** 2).sum(), (0, 1))(x, w)
+  g_ref = jax.grad(lambda x, w: (ref(x, w) ** 2).sum(), (0, 1))(x, w)
+  for a, b in zip(g_ours, g_ref, strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+  # The shared hook takes this path on the CPU, and only for depthwise.
+  hook = layers.conv_general_dilated(
+    x, w, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    feature_group_count=6,
+  )  # fmt: skip
+  np.testing.assert_allclose(hook, ref(x, w), rtol=1e-5, atol=1e-5)
+  grouped = jnp.asarray(rng.normal(size=(k, k, 3, 6)), jnp.float32)
+  out = layers.conv_general_dilated(
+    x, grouped, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    feature_group_count=2,
+  )  # fmt: skip
+  assert out.shape[-1] == 6

@@ -11,12 +11,14 @@ their public `ssd/model.py` (no weights are downloaded), BatchNorms in
 evaluation mode with random running statistics.
 """
 
+import importlib.util
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import REPO
 from flax import traverse_util
 
 from ssd_jax.models.backbones.resnet import ResNet50Backbone
@@ -361,77 +363,21 @@ def _randomize_batch_norms(torch, module, seed=1):
   return module.eval()
 
 
+def _reference():
+  """experiments/torch_nvidia_ssd300.py (shared with the zoo benchmark)."""
+  path = REPO / "experiments" / "torch_nvidia_ssd300.py"
+  spec = importlib.util.spec_from_file_location("torch_nvidia_ssd300", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 def _nvidia_trunk(torchvision, torch):
-  """NVIDIA's `ResNet('resnet50')`: torchvision's resnet50 children up to
-  layer3, layer3's first block at stride 1 (their `conv4_block1`)."""
-  resnet = torchvision.models.resnet50(weights=None)
-  trunk = torch.nn.Sequential(*list(resnet.children())[:7])
-  block = trunk[-1][0]
-  block.conv1.stride = (1, 1)
-  block.conv2.stride = (1, 1)
-  block.downsample[0].stride = (1, 1)
-  return resnet, trunk
+  return _reference().nvidia_trunk(torch, torchvision)
 
 
 def _nvidia_ssd300(torch, torchvision, num_classes):
-  """NVIDIA's `SSD300(ResNet('resnet50'))`, re-created from the structure
-  of their `ssd/model.py`."""
-  nn = torch.nn
-
-  class ResNet(nn.Module):
-    def __init__(self):
-      super().__init__()
-      self.out_channels = [1024, 512, 512, 256, 256, 256]
-      self.feature_extractor = _nvidia_trunk(torchvision, torch)[1]
-
-    def forward(self, x):
-      return self.feature_extractor(x)
-
-  class SSD300(nn.Module):
-    def __init__(self, backbone, label_num):
-      super().__init__()
-      self.feature_extractor = backbone
-      self.label_num = label_num
-      chans = backbone.out_channels
-      blocks = []
-      for i, (cin, cout, mid) in enumerate(
-        zip(chans[:-1], chans[1:], [256, 256, 128, 128, 128], strict=True)
-      ):
-        strided = dict(padding=1, stride=2) if i < 3 else {}
-        blocks.append(
-          nn.Sequential(
-            nn.Conv2d(cin, mid, kernel_size=1, bias=False),
-            nn.BatchNorm2d(mid),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(mid, cout, kernel_size=3, bias=False, **strided),
-            nn.BatchNorm2d(cout),
-            nn.ReLU(inplace=True),
-          )
-        )
-      self.additional_blocks = nn.ModuleList(blocks)
-      self.num_defaults = [4, 6, 6, 6, 4, 4]
-      self.loc = nn.ModuleList(
-        nn.Conv2d(c, nd * 4, kernel_size=3, padding=1)
-        for nd, c in zip(self.num_defaults, chans, strict=True)
-      )
-      self.conf = nn.ModuleList(
-        nn.Conv2d(c, nd * label_num, kernel_size=3, padding=1)
-        for nd, c in zip(self.num_defaults, chans, strict=True)
-      )
-
-    def forward(self, x):
-      x = self.feature_extractor(x)
-      feed = [x]
-      for block in self.additional_blocks:
-        x = block(x)
-        feed.append(x)
-      locs, confs = [], []
-      for s, loc, conf in zip(feed, self.loc, self.conf, strict=True):
-        locs.append(loc(s).view(s.size(0), 4, -1))
-        confs.append(conf(s).view(s.size(0), self.label_num, -1))
-      return torch.cat(locs, 2).contiguous(), torch.cat(confs, 2).contiguous()
-
-  return SSD300(ResNet(), num_classes)
+  return _reference().nvidia_ssd300(torch, torchvision, num_classes)
 
 
 def _state_dict(module):

@@ -499,6 +499,12 @@ def test_converters_of_the_command_line():
   assert weights.CONVERTERS == {
     "torchvision-vgg16": weights.from_torchvision_vgg16,
     "torchvision-ssd300": weights.from_torchvision_ssd300,
+    "nvidia-ssd300": weights.from_nvidia_ssd300,
+    "torchvision-resnet50": weights.from_torchvision_resnet50,
+    "torchvision-ssdlite320": weights.from_torchvision_ssdlite320,
+    "torchvision-mobilenet-v3-large": (
+      weights.from_torchvision_mobilenet_v3_large
+    ),
   }
   sd = {"head.classification_head.module_list.0.weight": np.zeros((84, 1))}
   assert weights.num_classes_of_ssd300(sd) == 21

@@ -31,6 +31,8 @@ from jax import lax
 _NHWC = ("NHWC", "HWIO", "NHWC")
 # Backends whose `conv` computes dilated convolutions by phases.
 PHASE_BACKENDS = ("gpu",)
+# Backends that compute depthwise convolutions as sums of shifted products.
+SHIFT_BACKENDS = ("cpu",)
 
 
 def scaled_channels(channels: int, width: float) -> int:
@@ -84,6 +86,48 @@ def dilated_conv_by_phases(
   return y[:, :out_h, :out_w]
 
 
+def depthwise_conv_by_shifts(
+  x: jax.Array,
+  kernel: jax.Array,
+  stride: int,
+  padding: Sequence[tuple[int, int]],
+) -> jax.Array:
+  """A depthwise convolution as k * k shifted, strided products, summed.
+
+  XLA's CPU backend runs grouped convolutions with one group per channel
+  very slowly: a 3x3 depthwise convolution on [8, 40, 40, 240] took 146 ms
+  here against 2.9 ms this way, and its gradient 158 against 55 ms
+  (2 cores, jax 0.10.2, 2026-11-30; torch's own: 2.5 ms). The products fuse
+  into one loop over the output.
+
+  Args:
+    x: [B, H, W, C] NHWC.
+    kernel: [k, k, 1, C] HWIO, one filter per channel.
+    stride: the same stride on both axes.
+    padding: ((top, bottom), (left, right)) zero padding.
+
+  Returns:
+    [B, H', W', C], as `lax.conv_general_dilated(..., feature_group_count=C)`.
+  """
+  kh, kw = kernel.shape[:2]
+  (top, bottom), (left, right) = padding
+  x = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+  b, h, w, c = x.shape
+  out_h, out_w = (h - kh) // stride + 1, (w - kw) // stride + 1
+  out = None
+  for i in range(kh):
+    for j in range(kw):
+      patch = lax.slice(
+        x,
+        (0, i, j, 0),
+        (b, i + (out_h - 1) * stride + 1, j + (out_w - 1) * stride + 1, c),
+        (1, stride, stride, 1),
+      )  # [B, H', W', C]
+      term = patch * kernel[i, j, 0]
+      out = term if out is None else out + term
+  return out
+
+
 def conv_general_dilated(
   lhs: jax.Array,
   rhs: jax.Array,
@@ -100,8 +144,11 @@ def conv_general_dilated(
   `dilated_conv_by_phases` when the backend is one of `PHASE_BACKENDS`
   (decided when the function is traced) and the convolution is NHWC/HWIO,
   stride 1, ungrouped, with the same kernel dilation on both axes and
-  explicit padding; `lax.conv_general_dilated` with the same arguments
-  otherwise. The arguments are those of `lax.conv_general_dilated`.
+  explicit padding; `depthwise_conv_by_shifts` when the backend is one of
+  `SHIFT_BACKENDS` and the convolution is an NHWC/HWIO depthwise one
+  (one group per channel, no dilation, explicit padding, the same stride on
+  both axes); `lax.conv_general_dilated` with the same arguments otherwise.
+  The arguments are those of `lax.conv_general_dilated`.
 
   Returns:
     The convolution, [B, H', W', O] for NHWC.
@@ -122,6 +169,22 @@ def conv_general_dilated(
     return dilated_conv_by_phases(
       lhs, rhs, padding, dilation[0], precision=precision
     )
+  strides = tuple(window_strides)
+  shifts = (
+    jax.default_backend() in SHIFT_BACKENDS
+    and lhs.ndim == 4
+    and feature_group_count > 1
+    and rhs.shape[2:] == (1, feature_group_count)
+    and lhs.shape[3] == feature_group_count
+    and not isinstance(padding, str)
+    and strides[0] == strides[1]
+    and tuple(lhs_dilation or (1, 1)) == (1, 1)
+    and dilation == (1, 1)
+    and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+    == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+  )
+  if shifts:
+    return depthwise_conv_by_shifts(lhs, rhs, strides[0], padding)
   return lax.conv_general_dilated(
     lhs,
     rhs,
@@ -258,6 +321,7 @@ class ConvBN(nn.Module):
       dtype=self.dtype,
       param_dtype=self.param_dtype,
       kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
+      conv_general_dilated=conv_general_dilated,
       name="conv",
     )(x)
     x = nn.BatchNorm(
