@@ -93,6 +93,9 @@ def base_config() -> ml_collections.ConfigDict:
       # BatchNorm models: use the running statistics in training, no
       # updates (for small per-device batches).
       "freeze_batch_norm": False,
+      # mobilenet_v3_large: SSDLite's reduced tail (torchvision's default);
+      # False takes ImageNet MobileNetV3 weights (full tail) for init_from.
+      "reduced_tail": True,
       "image_size": 300,
       "width": 1.0,
       "dtype": "float32",

@@ -529,3 +529,23 @@ if __name__ == "__main__":
 
   runtime.apply_xla_cpu_flags()
   record_reference()
+
+
+def test_from_config_builds_the_zoo_by_backbone():
+  base = {"name": "ssd", "image_size": 96, "width": 0.25}
+  lite = models.from_config({**base, "backbone": "mobilenet_v3_large"}, 5)
+  assert isinstance(lite, models.SSDLite320) and lite.image_size == 96
+  assert lite.reduced_tail and models.normalization_of(lite) == "minus_one_one"
+  full = models.from_config(
+    {**base, "backbone": "mobilenet_v3_large", "reduced_tail": False}, 5
+  )
+  assert not full.reduced_tail
+  r50 = models.from_config({"backbone": "resnet50", "width": 0.125}, 81)
+  assert isinstance(r50, models.SSD300ResNet50) and r50.image_size == 300
+  assert models.normalization_of(r50) == "imagenet"
+  vgg = models.from_config(base, 5)
+  assert isinstance(vgg, models.SSD) and models.normalization_of(vgg) == "caffe"
+  with pytest.raises(ValueError, match="model.backbone must be one of"):
+    models.from_config({**base, "backbone": "resnet18"}, 5)
+  with pytest.raises(ValueError, match="brings its own default boxes"):
+    models.from_config({"backbone": "resnet50", "priors": "coco"}, 81)

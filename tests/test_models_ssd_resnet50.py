@@ -173,3 +173,16 @@ def test_forward_eval_and_train_modes():
   )
   assert all(jax.tree.leaves(changed))
   assert not np.allclose(train_loc, loc)
+
+
+def test_extra_blocks_start_from_nvidias_xavier_init():
+  block = ssd_resnet50.BNExtraBlock(ssd_resnet50.NVIDIA_EXTRAS[0])
+  params = jax.jit(block.init)(jax.random.key(0), jnp.zeros((1, 5, 5, 1024)))[
+    "params"
+  ]
+  for name in ("conv1", "conv2"):
+    kernel = np.asarray(params[name]["conv"]["kernel"])
+    k, _, fan_in, out = kernel.shape
+    bound = math.sqrt(6 / (k * k * (fan_in + out)))  # Xavier uniform.
+    assert np.abs(kernel).max() <= bound
+    np.testing.assert_allclose(kernel.std(), bound / math.sqrt(3), rtol=0.05)

@@ -242,3 +242,13 @@ def test_bfloat16_outputs():
   )
   assert loc.dtype == logits.dtype == jnp.bfloat16
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
+
+
+def test_extra_blocks_start_from_torchvisions_normal_init():
+  block = ssdlite.SSDLiteExtraBlock(features=128)
+  params = jax.jit(block.init)(jax.random.key(0), jnp.zeros((1, 4, 4, 256)))[
+    "params"
+  ]
+  for name in ("reduce", "depthwise", "expand"):
+    kernel = np.asarray(params[name]["conv"]["kernel"])
+    assert 0.025 < kernel.std() < 0.035, name  # normal(0, 0.03)

@@ -285,6 +285,9 @@ class ConvBN(nn.Module):
     bn_eps: BatchNorm epsilon (torch's `eps`).
     bn_momentum: flax's decay of the running statistics, `1 - torch's
       momentum` (0.9 for torch's default 0.1).
+    kernel_init: the convolution's initialiser (default Kaiming normal,
+      fan-out, as torchvision's ResNet and MobileNetV3 trunks; the layers
+      SSDLite and NVIDIA's SSD add pass their references' own).
     dtype: computation dtype.
     param_dtype: parameter dtype.
   """
@@ -297,6 +300,7 @@ class ConvBN(nn.Module):
   activation: Any = nn.relu
   bn_eps: float = 1e-5
   bn_momentum: float = 0.9
+  kernel_init: Any = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -320,7 +324,7 @@ class ConvBN(nn.Module):
       use_bias=False,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
-      kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
+      kernel_init=self.kernel_init,
       conv_general_dilated=conv_general_dilated,
       name="conv",
     )(x)

@@ -228,8 +228,8 @@ def from_config(model_cfg: Any, num_classes: int) -> Any:
   as below; "resnet50" is NVIDIA's `SSD300ResNet50` and
   "mobilenet_v3_large" torchvision's `SSDLite320`, each with its own
   default boxes and input normalisation, built at `image_size` (default
-  300 / 320) and `width`, with `dtype` / `param_dtype`; `name` and
-  `cpu_fast_ops` concern the VGG models only.
+  300 / 320) and `width`, with `dtype` / `param_dtype` (and SSDLite's
+  `reduced_tail`); `name` and `cpu_fast_ops` concern the VGG models only.
 
   Args:
     model_cfg: ConfigDict (or mapping) with `name` ("ssd300" | "ssd512" |
@@ -332,10 +332,14 @@ def _zoo_model(backbone: str, cfg: dict, num_classes: int) -> Any:
     raise ValueError(
       f"num_classes must be >= 2 (background + 1); got {num_classes}"
     )
+  extra = {}
+  if backbone == "mobilenet_v3_large":
+    extra["reduced_tail"] = bool(cfg.get("reduced_tail", True))
   return cls(
     num_classes=num_classes,
     image_size=int(cfg.get("image_size") or default_size),
     width=float(cfg.get("width", 1.0)),
     dtype=_DTYPES[cfg.get("dtype", "float32")],
     param_dtype=_DTYPES[cfg.get("param_dtype", "float32")],
+    **extra,
   )

@@ -109,7 +109,11 @@ class BNExtraBlock(nn.Module):
       x: the previous source map.
       train: BatchNorm with batch statistics, updating the running ones.
     """
-    layer = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    layer = dict(
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      kernel_init=nn.initializers.xavier_uniform(),  # NVIDIA's _init_weights.
+    )
     b = self.block
     mid = scaled_channels(b.mid, self.width)
     out = scaled_channels(b.out, self.width)

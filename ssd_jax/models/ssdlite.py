@@ -95,6 +95,7 @@ class SSDLiteExtraBlock(nn.Module):
       activation=nn.relu6,
       bn_eps=BN_EPS,
       bn_momentum=BN_MOMENTUM,
+      kernel_init=_NORMAL_INIT,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
     )
@@ -132,6 +133,7 @@ class SSDLitePredictionBlock(nn.Module):
       activation=nn.relu6,
       bn_eps=BN_EPS,
       bn_momentum=BN_MOMENTUM,
+      kernel_init=_NORMAL_INIT,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
       name="depthwise",
