@@ -236,6 +236,11 @@ def test_prepare_without_archives_or_network_says_how_to_get_the_data(
     assert str(tmp_path / "downloads" / "manual") in msg
     assert all(a in msg for a in sources.TFDS_ARCHIVES[name])
     assert f"--config.data.root=/path/to/{route}" in msg
+  # 07+12 needs both years: one message names both releases' archives.
+  with pytest.raises(sources.DataNotFoundError) as e:
+    sources.load_tfds_parts("voc", "07+12", "2007", data_dir=str(tmp_path))
+  assert "VOCtrainval_06-Nov-2007.tar" in str(e.value)
+  assert "VOCtrainval_11-May-2012.tar" in str(e.value)
   # Only some archives present: still refused at once, naming the missing.
   manual = tmp_path / "elsewhere"
   manual.mkdir()

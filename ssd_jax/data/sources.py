@@ -130,12 +130,24 @@ def load_tfds_parts(
   Returns:
     One finite tf.data.Dataset of raw tfds example dicts per part, read
     deterministically (no file shuffling: order is the pipeline's job).
+
+  Raises:
+    DataNotFoundError: naming every tfds config of the spec that cannot be
+      prepared (`prepare_tfds`), all in one message.
   """
   index, count = shard
   decoders = {"image": tfds.decode.SkipDecoding()} if skip_decoding else None
   parts = []
-  for cfg, split in parse_split_spec(spec, default_config):
-    prepare_tfds(f"{name}/{cfg}", data_dir, manual_dir)
+  specs = parse_split_spec(spec, default_config)
+  missing = []  # Every config that cannot be prepared, said at once.
+  for cfg in dict.fromkeys(cfg for cfg, _ in specs):
+    try:
+      prepare_tfds(f"{name}/{cfg}", data_dir, manual_dir)
+    except DataNotFoundError as e:
+      missing.append(e)
+  if missing:
+    raise DataNotFoundError("\n\n".join(str(e) for e in missing))
+  for cfg, split in specs:
     if count > 1:
       split = tfds.even_splits(split, n=count, drop_remainder=True)[index]
     parts.append(
