@@ -62,6 +62,24 @@ def reference_update(model, state, batch, tx):
   return optax.apply_updates(state.params, updates), loss, parts
 
 
+def run_on_four_devices(script: str) -> None:
+  """Runs a script template (`{tests}`: this folder) in a fresh interpreter
+  with 4 fake CPU devices (XLA_FLAGS must be set before jax starts); it must
+  print "OK"."""
+  code = script.format(tests=os.path.join(REPO, "tests"))
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  out = subprocess.run(
+    [sys.executable, "-c", code],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    cwd=REPO,
+  )
+  assert out.returncode == 0, out.stderr[-4000:]
+  assert "OK" in out.stdout
+
+
 # Runs with 4 fake CPU devices (XLA_FLAGS must be set before jax starts).
 _FOUR_DEVICES = textwrap.dedent(
   """
@@ -120,18 +138,7 @@ def test_pmapped_step_matches_reference_and_four_devices():
   # the pmean over one device: rtol 1e-5). The same global batch of 8 on 1
   # device and split 4 x 2: the updates agree to float32 summation-order
   # error (relative 1e-4 of the largest update of each array).
-  code = _FOUR_DEVICES.format(tests=os.path.join(REPO, "tests"))
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-  out = subprocess.run(
-    [sys.executable, "-c", code],
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=600,
-    cwd=REPO,
-  )
-  assert out.returncode == 0, out.stderr[-4000:]
-  assert "OK" in out.stdout
+  run_on_four_devices(_FOUR_DEVICES)
 
 
 def test_train_state_holds_state_only():
@@ -290,15 +297,4 @@ def test_batch_norm_step_is_the_same_on_one_and_four_devices():
   # Synchronised BatchNorm: the 4 x 2 split normalises with the statistics
   # of all 8 images, as 1 x 8 does; parameters and running statistics agree
   # to float32 summation-order error.
-  code = _BN_FOUR_DEVICES.format(tests=os.path.join(REPO, "tests"))
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-  out = subprocess.run(
-    [sys.executable, "-c", code],
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=600,
-    cwd=REPO,
-  )
-  assert out.returncode == 0, out.stderr[-4000:]
-  assert "OK" in out.stdout
+  run_on_four_devices(_BN_FOUR_DEVICES)

@@ -257,6 +257,16 @@ def from_config(model_cfg: Any, num_classes: int) -> Any:
     raise ValueError(
       f"model.backbone must be one of {BACKBONES}; got {backbone!r}"
     )
+  # Checks every family shares.
+  for field in ("dtype", "param_dtype"):
+    if cfg.get(field, "float32") not in _DTYPES:
+      raise ValueError(
+        f"model.{field} must be one of {sorted(_DTYPES)}; got {cfg[field]!r}"
+      )
+  if num_classes < 2:
+    raise ValueError(
+      f"num_classes must be >= 2 (background + 1); got {num_classes}"
+    )
   if backbone != "vgg16":
     return _zoo_model(backbone, cfg, num_classes)
   name = cfg.get("name", "ssd")
@@ -269,11 +279,6 @@ def from_config(model_cfg: Any, num_classes: int) -> Any:
     raise ValueError(
       f"model.image_size={image_size} contradicts model.name={name!r}"
     )
-  for field in ("dtype", "param_dtype"):
-    if cfg.get(field, "float32") not in _DTYPES:
-      raise ValueError(
-        f"model.{field} must be one of {sorted(_DTYPES)}; got {cfg[field]!r}"
-      )
   priors = cfg.get("priors", "default")
   if priors not in NAMED_PRIORS:
     raise ValueError(
@@ -284,10 +289,6 @@ def from_config(model_cfg: Any, num_classes: int) -> Any:
     raise ValueError(
       f"model.priors={priors!r} exists for image sizes "
       f"{sorted(by_size)}, not model.image_size={image_size}"
-    )
-  if num_classes < 2:
-    raise ValueError(
-      f"num_classes must be >= 2 (background + 1); got {num_classes}"
     )
   fast = str(cfg.get("cpu_fast_ops", "auto")).lower()
   if fast not in ("true", "false", "auto"):
@@ -318,19 +319,10 @@ def _zoo_model(backbone: str, cfg: dict, num_classes: int) -> Any:
     from ssd_jax.models.ssdlite import SSDLite320 as cls
 
     default_size = 320
-  for field in ("dtype", "param_dtype"):
-    if cfg.get(field, "float32") not in _DTYPES:
-      raise ValueError(
-        f"model.{field} must be one of {sorted(_DTYPES)}; got {cfg[field]!r}"
-      )
   if cfg.get("priors", "default") != "default":
     raise ValueError(
       f"model.priors={cfg['priors']!r}: the {backbone} model brings its own "
       "default boxes; leave model.priors at 'default'"
-    )
-  if num_classes < 2:
-    raise ValueError(
-      f"num_classes must be >= 2 (background + 1); got {num_classes}"
     )
   extra = {}
   if backbone == "mobilenet_v3_large":

@@ -50,7 +50,12 @@ from ssd_jax.models.backbones.resnet import (
   ResNet50Backbone,
 )
 from ssd_jax.models.ssd_resnet50 import NVIDIA_EXTRAS, SSD300ResNet50
-from ssd_jax.weights.torchvision import _conv, _conv_torch_shape, _Converter
+from ssd_jax.weights.torchvision import (
+  _conv,
+  _conv_torch_shape,
+  _Converter,
+  classes_of_head,
+)
 
 Variables = dict[str, Any]
 
@@ -181,15 +186,7 @@ def num_classes_of_nvidia_ssd300(state_dict: Mapping[str, Any]) -> int:
     ValueError: if its channels are not a multiple of 4 (or below 8).
   """
   state_dict = _strip_module_prefix(state_dict)
-  key = "conf.0.weight"
-  if key not in state_dict:
-    raise KeyError(f"missing key in state dict: {key!r}")
-  channels = np.shape(state_dict[key])[0]
-  if channels % 4 or channels < 8:
-    raise ValueError(
-      f"{key!r} has {channels} output channels; expected 4 * num_classes"
-    )
-  return channels // 4
+  return classes_of_head(state_dict, "conf.0.weight", boxes=4)
 
 
 def from_nvidia_ssd300(

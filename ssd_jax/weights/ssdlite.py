@@ -45,7 +45,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from ssd_jax.models.backbones.mobilenet_v3 import (
   BlockConfig,
@@ -53,7 +52,12 @@ from ssd_jax.models.backbones.mobilenet_v3 import (
   c4_index,
 )
 from ssd_jax.models.ssdlite import EXTRA_CHANNELS, SSDLite320
-from ssd_jax.weights.torchvision import _conv, _conv_torch_shape, _Converter
+from ssd_jax.weights.torchvision import (
+  _conv,
+  _conv_torch_shape,
+  _Converter,
+  classes_of_head,
+)
 
 Variables = dict[str, Any]
 
@@ -153,15 +157,9 @@ def num_classes_of_ssdlite(state_dict: Mapping[str, Any]) -> int:
     KeyError: if the first classification head is missing.
     ValueError: if its channels are not a multiple of 6 (at least 12).
   """
-  key = "head.classification_head.module_list.0.1.weight"
-  if key not in state_dict:
-    raise KeyError(f"missing key in state dict: {key!r}")
-  channels = np.shape(state_dict[key])[0]
-  if channels % 6 or channels < 12:
-    raise ValueError(
-      f"{key!r} has {channels} output channels; expected 6 * num_classes"
-    )
-  return channels // 6
+  return classes_of_head(
+    state_dict, "head.classification_head.module_list.0.1.weight", boxes=6
+  )
 
 
 def from_torchvision_ssdlite320(

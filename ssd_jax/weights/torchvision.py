@@ -245,15 +245,38 @@ def num_classes_of_ssd300(state_dict: Mapping[str, Any]) -> int:
     KeyError: if the first classification head is missing.
     ValueError: if its channels are not a multiple of 4.
   """
-  key = "head.classification_head.module_list.0.weight"
+  return classes_of_head(
+    state_dict, "head.classification_head.module_list.0.weight", boxes=4
+  )
+
+
+def classes_of_head(state_dict: Mapping[str, Any], key: str, boxes: int) -> int:
+  """Classes (with background) from a classification head's out channels.
+
+  The one rule of every `num_classes_of_*`: a head predicting `boxes`
+  default boxes per location has `boxes * num_classes` output channels.
+
+  Args:
+    state_dict: torch key -> array.
+    key: the head convolution's weight (out channels first).
+    boxes: default boxes per location of that head.
+
+  Returns:
+    Its output channels / `boxes`.
+
+  Raises:
+    KeyError: if `key` is missing.
+    ValueError: if the channels are not a multiple of `boxes` (at least two
+      classes: background and one).
+  """
   if key not in state_dict:
     raise KeyError(f"missing key in state dict: {key!r}")
   channels = np.shape(state_dict[key])[0]
-  if channels % 4 or channels < 8:
+  if channels % boxes or channels < 2 * boxes:
     raise ValueError(
-      f"{key!r} has {channels} output channels; expected 4 * num_classes"
+      f"{key!r} has {channels} output channels; expected {boxes} * num_classes"
     )
-  return channels // 4
+  return channels // boxes
 
 
 # `--from` names of the command line -> converter.
