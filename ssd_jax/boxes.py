@@ -220,7 +220,8 @@ def pairwise_iou(
   """Intersection over union of every pair of boxes.
 
   Zero-area and inverted boxes give IoU 0 with everything (never NaN), so
-  padded rows are harmless. N or M may be 0.
+  padded rows are harmless. N or M may be 0. Areas below float32's smallest
+  normal number (~1e-38) are flushed to zero by XLA and count as zero area.
 
   Args:
     boxes1: [N, 4] corners.

@@ -5,21 +5,32 @@ training run (`shapes_run`).
 The XLA setting is applied before any test starts JAX's backends, so the
 suite runs the same XLA CPU configuration as `python -m ssd_jax.main` (see
 ssd_jax/runtime.py).
+
+Hypothesis runs derandomized with no example database (profile "ci"), so a
+clean clone draws the same examples on every run: a property test fails in
+CI only if it fails here. `HYPOTHESIS_PROFILE=explore pytest ...` draws new
+random examples (and keeps a local database) when hunting for bugs.
 """
 
 import contextlib
 import importlib.util
+import os
 import pathlib
 import subprocess
 import sys
 from unittest import mock
 
 import pytest
+from hypothesis import settings
 
 from ssd_jax import config as config_lib
 from ssd_jax import runtime
 
 runtime.apply_xla_cpu_flags()
+
+settings.register_profile("ci", derandomize=True, database=None)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
 

@@ -44,7 +44,8 @@ Settings (`_fuzz`): every test has a bounded `max_examples` and a
 per-example `deadline` (a hang fails the example rather than stalling the
 suite; deadlines are generous because the machine is shared), with
 `derandomize=True` and no example database, so every run, CI included,
-draws the same examples. No hypothesis profile is registered. The jax
+draws the same examples (conftest's "ci" profile says the same for the
+other property tests). The jax
 functions see shapes from small fixed sets and run jitted (`_box_fn`,
 `_MATCH`), one compile per shape rather than one per operation and shape,
 so compilation stays out of the loop. The whole file runs in 25-35 s on
