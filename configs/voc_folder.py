@@ -10,7 +10,10 @@ The folder holds `JPEGImages/`, `Annotations/` (VOC XML) and
   python -m ssd_jax.main --config=configs/voc_folder.py:small \
     --config.data.root=/data/my_voc --workdir=/tmp/my_ssd_small
 
-`:small` uses the small CPU model and schedule of configs/shapes.py.
+`:small` uses the small CPU model of configs/shapes.py with the quick
+recipe (`config.recipe = "quick"`, `ssd_jax.recipe`): input size, schedule
+in epochs, augmentation and default boxes chosen from the training boxes,
+each logged at start-up; a field set on the command line is kept.
 """
 
 from ssd_jax import config as config_lib
@@ -27,4 +30,5 @@ def get_config(arg: str | None = None):
   config.data.max_boxes = 64
   if config_lib.is_small(arg, __file__):
     config_lib.apply_small(config)
+    config.recipe = "quick"
   return config

@@ -13,7 +13,9 @@ compare ratios from one run, not figures from different runs.
 
 Figures (all SSD300, 21 classes, 300x300, random weights):
   forward_bN_DTYPE  backbone + heads, batch N, compute dtype DTYPE
-  train_b8_DTYPE    one SGD step at batch 8 (`ssd_jax.step.p_train_step`
+  train_b8_DTYPE    one SGD step at batch 8 (`ssd_jax.step.p_train_step`,
+                    config.parallel "pmap"; the *_shard_map row:
+                    `ssd_jax.step.s_train_step`, "shard_map"
                     with the training defaults): forward, vmapped on-device
                     match, MultiBox loss, backward, update, with the
                     training default cpu_fast_ops (on for the CPU: the
@@ -115,13 +117,17 @@ def jax_forward(batch, dtype, repeats):
   return timeit(lambda: jax.block_until_ready(fwd(params, images)), repeats)
 
 
-def _jax_train_setup(batch, dtype, max_boxes=10, cpu_fast_ops=None):
-  """(step, replicated state, sharded batch) on all local devices.
+def _jax_train_setup(
+  batch, dtype, max_boxes=10, cpu_fast_ops=None, parallel="pmap"
+):
+  """(step, placed state, placed batch) on all local devices.
 
-  `step(state, batch)` is `ssd_jax.step.p_train_step` with the model's
-  default boxes and the training defaults' `StepSettings` bound, as the
-  training loop calls it. `cpu_fast_ops` None takes the training default
-  (on for the CPU backend).
+  `step(state, batch)` is the training loop's step for `parallel`
+  (`ssd_jax.step.Parallel`: "pmap" runs `p_train_step` on a replicated
+  state and a [D, B/D, ...] batch; "shard_map" runs `s_train_step` on
+  global arrays over the device mesh) with the model's default boxes and
+  the training defaults' `StepSettings` bound. `cpu_fast_ops` None takes
+  the training default (on for the CPU backend).
   """
   from ssd_jax import config as config_lib
   from ssd_jax import models
@@ -137,22 +143,23 @@ def _jax_train_setup(batch, dtype, max_boxes=10, cpu_fast_ops=None):
   dummy = jnp.zeros([1, size, size, 3], jnp.float32)
   params = jax.jit(model.init)(jax.random.key(0), dummy)["params"]
   state = step_lib.create_train_state(params, settings.tx)
-  priors = jnp.asarray(model.priors(), jnp.float32)
+  par = step_lib.Parallel.create(parallel)
+  priors = par.put_broadcast(jnp.asarray(model.priors(), jnp.float32))
   d = jax.local_device_count()
   rng = np.random.default_rng(0)
   boxes, labels = _random_gt(rng, batch, max_boxes=max_boxes)
   host = {"image": _images(rng, batch), "boxes": boxes, "labels": labels}
-  sharded = jax.tree.map(lambda x: x.reshape(d, -1, *x.shape[1:]), host)
+  split = jax.tree.map(lambda x: x.reshape(d, -1, *x.shape[1:]), host)
 
   def step(p_state, p_batch):
-    return step_lib.p_train_step(p_state, p_batch, priors, settings)
+    return par.step(p_state, p_batch, priors, settings)
 
-  return step, step_lib.replicate(state), sharded
+  return step, par.put(state), par.put_batch(split)
 
 
-def jax_train(batch, dtype, repeats, cpu_fast_ops=None):
+def jax_train(batch, dtype, repeats, cpu_fast_ops=None, parallel="pmap"):
   step, state, sharded = _jax_train_setup(
-    batch, dtype, cpu_fast_ops=cpu_fast_ops
+    batch, dtype, cpu_fast_ops=cpu_fast_ops, parallel=parallel
   )
   holder = [state]
 
@@ -418,8 +425,14 @@ def gpu_figures(repeats, batches=(32, 128), profile=False):
     ("float32", jnp.float32),
     ("bfloat16", jnp.bfloat16),
   ):
-    for batch in batches:
-      step, state, sharded = _jax_train_setup(batch, dtype, max_boxes=20)
+    for batch, parallel in [
+      (b, m) for b in batches for m in ("pmap", "shard_map")
+    ]:
+      if parallel == "shard_map" and dtype_name != "float32":
+        continue  # One row per mode is enough to compare them.
+      step, state, sharded = _jax_train_setup(
+        batch, dtype, max_boxes=20, parallel=parallel
+      )
       holder = [state]
       sharded = jax.device_put(sharded)
 
@@ -428,13 +441,14 @@ def gpu_figures(repeats, batches=(32, 128), profile=False):
         jax.block_until_ready(metrics)
 
       lo, med = timeit(run, repeats, warmup=2)
-      out[f"gpu_train_b{batch}_{dtype_name}"] = (lo, med, batch)
+      suffix = "_shard_map" if parallel == "shard_map" else ""
+      out[f"gpu_train_b{batch}_{dtype_name}{suffix}"] = (lo, med, batch)
       print(
-        f"train b{batch} {dtype_name}: {batch / med:.1f} img/s",
+        f"train b{batch} {dtype_name} {parallel}: {batch / med:.1f} img/s",
         file=sys.stderr,
         flush=True,
       )
-      if profile:
+      if profile and parallel == "pmap":
         from gpu_forward_probe import top_ops  # noqa: PLC0415 (sibling)
 
         for kind, ops in top_ops(lambda run=run: run()).items():
@@ -527,6 +541,10 @@ def main(argv=None):
         lambda d=dt: jax_train(8, d, r),
         (lambda: tv_train(8, r)) if dn == "float32" else None,
       )
+    add(  # The same step under jit(shard_map): the same speed expected.
+      "train_b8_float32_shard_map",
+      lambda: jax_train(8, jnp.float32, r, parallel="shard_map"),
+    )
     if jax.default_backend() == "cpu":  # what cpu_ops.max_pool buys
       add(
         "train_b8_float32_xla_pool_grads",

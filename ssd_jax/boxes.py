@@ -79,7 +79,9 @@ def _check_broadcast(fn: str, names: tuple[str, str], a, b) -> None:
   shape_a, shape_b = _static_shape(a), _static_shape(b)
   if shape_a is None or shape_b is None:
     return
-  known = lambda s: tuple(1 if d is None else d for d in s[:-1])
+  # Unknown (None) and symbolic (jax.export) sizes are taken as 1: only the
+  # concrete ones are checked.
+  known = lambda s: tuple(d if isinstance(d, int) else 1 for d in s[:-1])
   try:
     np.broadcast_shapes(known(shape_a), known(shape_b))
   except ValueError:

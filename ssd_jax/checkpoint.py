@@ -13,6 +13,14 @@ names, so the next save of that step and `latest_step` work as before);
 only when no step reads is it an error, listing every step. A metrics file
 that does not parse is set aside as `metrics.corrupt` when the folder is
 opened for writing (its step stays, without a metric).
+
+Multi-process runs: every process calls `save` with the same host tree (the
+training loop's `step.Parallel.get`, under pmap or shard_map alike), and
+orbax writes one copy from the primary process, the others waiting at its
+barriers; renames of damaged steps happen on process 0 only. As the
+checkpoint holds whole host arrays, not per-device shards, it restores on
+any process and device count (two processes -> one: tests/test_multihost.py)
+and under either `config.parallel`.
 """
 
 import json

@@ -30,6 +30,16 @@ from ml_collections import config_dict
 
 # config.eval.metric: VOC AP (07 11-point or area) or COCO AP.
 EVAL_METRICS = ("voc", "coco")
+# config.eval.nms: per-class NMS in numpy on the host (the release's
+# DetectionOutput, `ssd_jax.postprocess`) or jitted on the device
+# (`ssd_jax.device_postprocess`, the same rule).
+EVAL_NMS = ("host", "device")
+# config.parallel: the step's wrapper, `jax.pmap` or `jax.jit(jax.shard_map)`
+# (`ssd_jax.step`; configs import only this module, so the names live here).
+PARALLEL_MODES = ("pmap", "shard_map")
+# config.recipe: "quick" adapts input size, schedule, augmentation and
+# default boxes to the training boxes at the start (`ssd_jax.recipe`).
+RECIPES = ("none", "quick")
 
 
 def _data_fields() -> ml_collections.ConfigDict:
@@ -101,8 +111,15 @@ def base_config() -> ml_collections.ConfigDict:
       "dtype": "float32",
       "param_dtype": "float32",
       # "torchvision" for weights imported with `ssd_jax.weights --from
-      # torchvision-ssd300` (trained with torchvision's default boxes).
+      # torchvision-ssd300` (trained with torchvision's default boxes);
+      # "fitted": scales fitted to the training boxes at the start of
+      # training (`train.fit_priors`, VGG models), kept in the workdir.
       "priors": "default",
+      # priors="fitted": one size per map in input pixels (min: the square,
+      # max: sqrt(min * max) the second square); () = fit them at training
+      # start. Set from <workdir>/default_boxes.json for a fitted workdir.
+      "prior_min_sizes": (),
+      "prior_max_sizes": (),
       # Cheaper max-pool gradient on XLA CPU; "auto" = on for the CPU.
       "cpu_fast_ops": "auto",
     }
@@ -125,10 +142,18 @@ def base_config() -> ml_collections.ConfigDict:
   c.iou_threshold = 0.5
   c.variances = (0.1, 0.2)
   c.init_from = ""
+  # RECIPES: "quick" chooses image size, schedule, augmentation and default
+  # boxes from the training boxes (`ssd_jax.recipe`); fields set on the
+  # command line are kept.
+  c.recipe = "none"
   c.log_every = 50
   c.eval_every = 10_000
   c.checkpoint_every = 5_000
   c.keep_checkpoints = 3
+  # The data-parallel step's wrapper (PARALLEL_MODES, `ssd_jax.step`): "pmap"
+  # (the design card's) or "shard_map" (jit(shard_map) over a device mesh);
+  # the same step body and checkpoints.
+  c.parallel = "pmap"
   c.eval = ml_collections.ConfigDict(
     {
       "metric": "voc",
@@ -137,6 +162,7 @@ def base_config() -> ml_collections.ConfigDict:
       "nms_threshold": 0.45,
       "top_k_per_class": 400,
       "max_detections": 200,
+      "nms": "host",  # EVAL_NMS: "host" (numpy) or "device" (jitted).
       "batch_size": 8,
       "num_pictures": 8,
     }
@@ -355,3 +381,6 @@ def validate_config(
         f"config.data.root={root!r} is not a folder (source 'voc_folder')"
       )
   check_choice("eval.metric", config.eval.metric, EVAL_METRICS)
+  check_choice("recipe", config.recipe, RECIPES)
+  check_choice("parallel", config.parallel, PARALLEL_MODES)
+  check_choice("eval.nms", config.eval.nms, EVAL_NMS)

@@ -9,8 +9,9 @@ Every prior rule and registry lives here: the grid (`default_boxes`), the
 Caffe release's VOC and COCO configs, the paper's scale rule
 (`paper_sizes`, `paper_prior_config`), torchvision's SSD300 boxes
 (`TorchvisionPriorConfig`, `TORCHVISION_SSD300_PRIORS`) and the names a
-config's `model.priors` may take (`NAMED_PRIORS`). Which feature maps a
-network has is the model's business (`ssd_jax.models.feature_sizes`).
+config's `model.priors` may take (`NAMED_PRIORS`), and default boxes fitted
+to a dataset's boxes (`box_coverage`, `fit_prior_config`). Which feature
+maps a network has is the model's business (`ssd_jax.models.feature_sizes`).
 """
 
 import math
@@ -19,6 +20,8 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
+
+from ssd_jax import boxes as box_lib
 
 
 class PriorConfig(NamedTuple):
@@ -314,8 +317,12 @@ TORCHVISION_SSD300_PRIORS = TorchvisionPriorConfig(
 # The values of a config's `model.priors`: name -> {image_size: PriorConfig}.
 # "default" (None) is the model's own rule, `models.default_prior_config`:
 # the release's VOC boxes at 300 and 512, `paper_prior_config` elsewhere.
+# "fitted" (None) is that rule's grid with the sizes of `model.
+# prior_min_sizes` / `prior_max_sizes`, which `fit_prior_config` chooses
+# for a dataset (training fits and stores them: `train.fit_priors`).
 NAMED_PRIORS: dict[str, dict[int, PriorConfig] | None] = {
   "default": None,
+  "fitted": None,
   "coco": {300: SSD300_COCO_PRIORS, 512: SSD512_COCO_PRIORS},
   "torchvision": {300: TORCHVISION_SSD300_PRIORS},
 }
@@ -371,3 +378,174 @@ def torchvision_prior_config(
     max_sizes=tuple(image_size * s for s in scales[1:]),
     aspect_ratios=tuple(tuple(float(r) for r in rs) for rs in aspect_ratios),
   )
+
+
+def box_coverage(
+  gt_boxes: np.ndarray,
+  priors: np.ndarray,
+  iou_threshold: float = 0.5,
+  chunk: int = 512,
+) -> tuple[np.ndarray, np.ndarray]:
+  """How well default boxes cover ground-truth boxes, box by box (numpy).
+
+  The per-box view of `matching.match`'s rule: a box's positives are the
+  priors with IoU >= `iou_threshold`, or, when there is none, the one best
+  prior the matcher forces (none when the box overlaps no prior at all).
+  Each box is taken alone: priors that another box of the same image
+  would take away (a higher IoU wins) still count.
+
+  Args:
+    gt_boxes: [M, 4] float corners in [0, 1]; M may be 0.
+    priors: [P, 4] float centre form `(cx, cy, w, h)`.
+    iou_threshold: the matching threshold (`config.iou_threshold`).
+    chunk: boxes per IoU block ([chunk, P] floats at a time).
+
+  Returns:
+    best_iou: [M] float32, the highest IoU of each box with any prior.
+    num_positives: [M] int32, priors the matcher makes positive for it.
+
+  Raises:
+    ValueError: if `gt_boxes` is not [M, 4] or `priors` not [P, 4].
+  """
+  gt = np.asarray(gt_boxes, np.float32)
+  if gt.ndim != 2 or gt.shape[1] != 4:
+    raise ValueError(f"gt_boxes must be [M, 4], got {gt.shape}")
+  if np.ndim(priors) != 2 or np.shape(priors)[1] != 4:
+    raise ValueError(f"priors must be [P, 4], got {np.shape(priors)}")
+  corners = box_lib.center_to_corners(np.asarray(priors, np.float32), xp=np)
+  best = np.zeros(len(gt), np.float32)
+  above = np.zeros(len(gt), np.int32)
+  if len(corners):
+    for start in range(0, len(gt), chunk):
+      iou = box_lib.pairwise_iou(gt[start : start + chunk], corners, xp=np)
+      best[start : start + chunk] = iou.max(1)  # [chunk]
+      above[start : start + chunk] = (iou >= iou_threshold).sum(1)
+  forced = (above == 0) & (best > 0)  # The matcher's rule 1.
+  return best, np.where(forced, 1, above).astype(np.int32)
+
+
+# Where `fit_prior_config` looks: the first map's scale as a fraction of
+# s_min (the paper: 0.1 / 0.2), and the grid of scales (fractions of the
+# input side) between the smallest boxes and the whole image.
+_FIRST_FRACTIONS = (0.35, 0.5, 0.7, 0.85)
+_GRID_POINTS = 14
+# Candidates whose coverage is within this of the best compete on positives.
+_COVERAGE_SLACK = 0.01
+
+
+def _scaled(base: PriorConfig, first: float, s_min: float, s_max: float):
+  """`base` with the paper's scale rule for these scales (fractions)."""
+  mins, maxs = paper_sizes(
+    base.image_size, len(base.feature_sizes), s_min, s_max, first
+  )
+  return base._replace(min_sizes=mins, max_sizes=maxs)
+
+
+def fit_prior_config(
+  base: PriorConfig,
+  box_sizes: np.ndarray,
+  iou_threshold: float = 0.5,
+  centers: np.ndarray | None = None,
+  max_boxes: int = 1000,
+  seed: int = 0,
+) -> PriorConfig:
+  """Default-box scales chosen for a dataset's boxes, SSD's structure kept.
+
+  The fitted config has `base`'s maps, steps and aspect ratios (so the
+  heads' shapes do not change) and the paper's scale rule (`paper_sizes`):
+  the first map at its own scale `first`, the others spread linearly from
+  `s_min` to `s_max`. A search picks `(first, s_min, s_max)`: a grid of
+  scales from half the smallest boxes' size (`sqrt(w h)`, 1st percentile)
+  to the whole image for `s_min < s_max` with `first = s_min / 2` (the
+  paper's proportion), then other proportions for `first`, then a finer
+  step around the best. Each candidate is scored by `box_coverage` of the
+  boxes: the fraction whose best prior has IoU >= `iou_threshold`; among
+  candidates within 0.01 of the best fraction, the one with the most
+  positives per box (capped at 10) wins. `base` itself competes, so the
+  coverage of the boxes used never falls below `base`'s.
+
+  Args:
+    base: the model's own config (e.g. `models.default_prior_config`), with
+      at least 3 maps.
+    box_sizes: [M, 2] float `(w, h)` of the training boxes, fractions of the
+      input side (normalised corners' differences).
+    iou_threshold: the matching threshold.
+    centers: [M, 2] float `(cx, cy)` of the same boxes; None places each box
+      at a random position (seeded) where it fits in the image.
+    max_boxes: at most this many boxes (a seeded random subset) are scored.
+    seed: seed of the subset and the random positions.
+
+  Returns:
+    A PriorConfig like `base` with new `min_sizes` / `max_sizes` (pixels),
+    min sizes increasing and within (0, image_size]; `base` unchanged when
+    there are no boxes of positive size or nothing covers more.
+
+  Raises:
+    ValueError: on `box_sizes` (or `centers`) not [M, 2], or fewer than 3
+      maps in `base`.
+  """
+  sizes = np.asarray(box_sizes, np.float64)
+  if sizes.ndim != 2 or sizes.shape[1] != 2:
+    raise ValueError(f"box_sizes must be [M, 2] (w, h), got {sizes.shape}")
+  if centers is not None and np.shape(centers) != sizes.shape:
+    raise ValueError(
+      f"centers must be [M, 2] like box_sizes {sizes.shape}, got "
+      f"{np.shape(centers)}"
+    )
+  if len(base.feature_sizes) < 3:
+    raise ValueError(
+      "fit_prior_config needs at least 3 maps, got feature_sizes "
+      f"{tuple(base.feature_sizes)}"
+    )
+  rng = np.random.default_rng(seed)
+  keep = np.flatnonzero((sizes > 0).all(1))
+  if len(keep) > max_boxes:
+    keep = np.sort(rng.choice(keep, max_boxes, replace=False))
+  if not len(keep):
+    return base
+  sizes = np.minimum(sizes[keep], 1.0)  # [K, 2]
+  if centers is None:
+    xy = sizes / 2 + rng.uniform(size=sizes.shape) * (1 - sizes)  # [K, 2]
+  else:
+    xy = np.asarray(centers, np.float64)[keep]
+  boxes = np.concatenate([xy - sizes / 2, xy + sizes / 2], 1)  # [K, 4]
+
+  def score(config: PriorConfig) -> tuple[float, float]:
+    best, positives = box_coverage(boxes, prior_boxes(config), iou_threshold)
+    return float(np.mean(best >= iou_threshold)), float(
+      np.mean(np.minimum(positives, 10))
+    )
+
+  scored = {}  # (first, s_min, s_max) -> (coverage, positives)
+
+  def consider(first, s_min, s_max):
+    key = tuple(round(float(s), 6) for s in (first, s_min, s_max))
+    if key not in scored and 0 < key[0] < key[1] < key[2] <= 1:
+      scored[key] = score(_scaled(base, *key))
+
+  base_score = score(base)
+
+  def winner():
+    top = max(c for c, _ in scored.values())
+    floor = max(top - _COVERAGE_SLACK, base_score[0])
+    near = {k: v for k, v in scored.items() if v[0] >= floor} or scored
+    return max(near, key=lambda k: (near[k][1], near[k][0]))
+
+  side = np.sqrt(sizes.prod(1))  # [K]
+  lo = max(float(np.quantile(side, 0.01)) / 2, 2.0 / base.image_size)
+  grid = np.geomspace(min(lo, 0.5), 1.0, _GRID_POINTS)
+  for i, s_min in enumerate(grid):
+    for s_max in grid[i + 1 :]:
+      consider(s_min / 2, s_min, s_max)
+  _, s_min, s_max = winner()
+  for fraction in _FIRST_FRACTIONS:
+    consider(s_min * fraction, s_min, s_max)
+  first, s_min, s_max = winner()
+  step = (grid[1] / grid[0]) ** 0.5  # Half a grid step, as a factor.
+  for a in (1 / step, 1.0, step):
+    for b in (1 / step, 1.0, step):
+      consider(first * a, s_min * a, min(s_max * b, 1.0))
+  key = winner()
+  if scored[key] <= base_score:  # (coverage, positives), in this order.
+    return base
+  return _scaled(base, *key)

@@ -17,45 +17,19 @@ import os
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
 
-from ssd_jax import evaluation, postprocess, visualize
+from ssd_jax import config as config_lib
+from ssd_jax import detect as detect_lib
+from ssd_jax import evaluation, postprocess, runtime, visualize
 from ssd_jax.data import image as image_lib
 from ssd_jax.data import pipeline
 from ssd_jax.models import variables as model_vars
 
 EVAL_RESULTS = "eval_results.json"
 PICTURES = "pictures"
-
-
-def predict(
-  model: Any, params: Any, images: jax.Array
-) -> tuple[jax.Array, jax.Array]:
-  """Network forward and softmax.
-
-  Args:
-    model: the flax module (hashable: equal modules are equal values, so it
-      can be a static argument of `jax.jit`).
-    params: model parameters, or the model's variables ({"params",
-      "batch_stats"}) for a BatchNorm model (`models.as_variables`).
-    images: [B, H, W, 3] float32 normalised images.
-
-  Returns:
-    loc: [B, P, 4] float32 offsets; probs: [B, P, C] float32 class
-    probabilities (column 0 background).
-  """
-  loc, logits = model.apply(model_vars.as_variables(params), images)
-  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-  return loc.astype(jnp.float32), probs
-
-
-# One compiled predict per (model value, input shape), shared by every
-# Evaluator: equal modules hash equal, so a new but equal model object reuses
-# the compile.
-predict_jit = jax.jit(predict, static_argnums=0)
 
 
 class EvalResult(NamedTuple):
@@ -93,6 +67,15 @@ class Evaluator:
     self.config = config
     self.class_names = list(class_names)
     self.priors = np.asarray(model.priors(), np.float32)
+    # config.eval.nms: "host" decodes in numpy (`postprocess`), "device" in
+    # the same jit as the forward (`detect.detect_normalized`, the rule of
+    # `device_postprocess`); the same detections up to float rounding.
+    self.nms = config.eval.get("nms", "host")
+    config_lib.check_choice("eval.nms", self.nms, config_lib.EVAL_NMS)
+    self._device_detect = None
+    if self.nms == "device":
+      self._device_detect = detect_lib.detect_normalized_jit
+      self._settings = detect_lib.DetectSettings.from_config(config)
 
   def detect(
     self, params: Any, images: np.ndarray, valid: np.ndarray | None = None
@@ -108,10 +91,27 @@ class Evaluator:
     Returns:
       One `Detections` per (valid) image, in batch order: boxes [K, 4]
       corners in [0, 1] of the network input, scores [K], labels [K] in
-      1..C-1.
+      1..C-1. With config.eval.nms "device" the forward and the NMS run in
+      one jit; the padded [B, K] detections come back and are cut to each
+      image's `num_detections` rows.
     """
+    if self._device_detect is not None:
+      dets = jax.device_get(
+        self._device_detect(self.model, params, images, self._settings)
+      )
+      if valid is None:
+        valid = np.ones(len(dets.num_detections), bool)
+      return [
+        postprocess.Detections(
+          dets.boxes[b, :n], dets.scores[b, :n], dets.labels[b, :n]
+        )
+        for b, n in enumerate(dets.num_detections)
+        if valid[b]
+      ]
     ecfg = self.config.eval
-    loc, probs = jax.device_get(predict_jit(self.model, params, images))
+    loc, probs = jax.device_get(
+      detect_lib.predict_jit(self.model, params, images)
+    )
     return postprocess.decode_detections_batch(
       loc,
       probs,
@@ -129,8 +129,14 @@ class Evaluator:
   ) -> EvalResult:
     """Evaluates on the eval split; writes results and pictures to workdir.
 
+    Multi-process: a collective, every process calls it. Each evaluates its
+    own contiguous block of the split (`pipeline.shard_range`), then all
+    gather every image's detections and ground truth in the split's order
+    (`runtime.gather_rows`), so each returns the mAP of one process's
+    evaluation, every image counted once; the pictures are process 0's.
+
     Args:
-      params: model parameters (host or device).
+      params: model parameters (host, or on this process's devices).
       step: the training step (recorded in the results).
       workdir: where to write `eval_results.json` and `pictures/` (process
         0 only); None writes nothing.
@@ -149,13 +155,14 @@ class Evaluator:
       if ecfg.metric == "voc"
       else image_lib.normalized_to_pixels
     )
-    dets, gts, pictures = [], [], []
+    dets, gts, pictures, positions = [], [], [], []
     kind = model_vars.normalization_of(self.model)
     batches = pipeline.create_eval_iterator(
       self.config.data,
       image_size=self.model.image_size,
       batch_size=ecfg.batch_size,
       normalization=kind,
+      shard=(jax.process_index(), jax.process_count()),
     )
     for batch in batches:
       valid = np.asarray(batch.get("valid", np.ones(len(batch["image"]), bool)))
@@ -167,6 +174,7 @@ class Evaluator:
         size = np.asarray(batch["original_size"][i])  # (h, w)
         keep = np.asarray(batch["labels"][i]) > 0
         gt_boxes = np.asarray(batch["boxes"][i], np.float32)[keep]
+        positions.append(int(batch["index"][i]))
         dets.append(
           (to_pixels(d.boxes, size).reshape(-1, 4), d.scores, d.labels)
         )
@@ -180,6 +188,34 @@ class Evaluator:
         if len(pictures) < ecfg.num_pictures:
           raw = image_lib.denormalize(batch["image"][i], kind)  # [S, S, 3]
           pictures.append((raw, d.boxes * side, d.labels, d.scores))
+    # All processes' images, in the split's order (dtypes as documented by
+    # `postprocess.Detections`; empty lists still give [0, ...] arrays).
+    cat = lambda arrays, shape, dtype: np.concatenate(
+      [np.zeros((0, *shape), dtype), *arrays]
+    ).astype(dtype)
+    rows = runtime.gather_rows(
+      {
+        "index": np.asarray(positions, np.int64),
+        "num_dets": np.asarray([len(d[1]) for d in dets], np.int64),
+        "num_gts": np.asarray([len(g[1]) for g in gts], np.int64),
+        "det_boxes": cat([d[0] for d in dets], (4,), np.float32),
+        "scores": cat([d[1] for d in dets], (), np.float32),
+        "det_labels": cat([d[2] for d in dets], (), np.int32),
+        "gt_boxes": cat([g[0] for g in gts], (4,), np.float32),
+        "gt_labels": cat([g[1] for g in gts], (), np.int32),
+        "difficult": cat([g[2] for g in gts], (), bool),
+      }
+    )
+    split = lambda key, count: np.split(rows[key], np.cumsum(rows[count]))
+    det_parts = [
+      split(k, "num_dets") for k in ("det_boxes", "scores", "det_labels")
+    ]
+    gt_parts = [
+      split(k, "num_gts") for k in ("gt_boxes", "gt_labels", "difficult")
+    ]
+    order = np.argsort(rows["index"], kind="stable")
+    dets = [tuple(part[j] for part in det_parts) for j in order]
+    gts = [tuple(part[j] for part in gt_parts) for j in order]
     if not dets:
       raise ValueError(
         f"The eval split {self.config.data.get('eval_split')!r} of "

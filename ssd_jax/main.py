@@ -59,11 +59,14 @@ flags.mark_flags_as_required(["config", "workdir"])
 def run(config, workdir: str, mode: str = "train", **kwargs):
   """Runs `mode`; returns the train summary, EvalResult or PredictResult.
 
-  `kwargs`: step (eval/predict), images, output_dir, min_score, max_side
-  (predict).
+  `kwargs`: fixed (train: the config fields set on the command line, which
+  the quick recipe keeps), step (eval/predict), images, output_dir,
+  min_score, max_side (predict).
   """
   if mode == "train":
-    return train.train_and_evaluate(config, workdir)
+    return train.train_and_evaluate(
+      config, workdir, fixed=kwargs.get("fixed", ())
+    )
   config_lib.check_fields(config)  # Training validates it all itself.
   model, variables, names, step = train.restore_params(
     config, workdir, kwargs.get("step")
@@ -95,6 +98,7 @@ def main(argv):
       FLAGS.config,
       FLAGS.workdir,
       FLAGS.mode,
+      fixed=set(config_flags.get_override_values(FLAGS["config"])),
       step=FLAGS.step,
       images=FLAGS.images,
       output_dir=FLAGS.output_dir,

@@ -1,4 +1,4 @@
-"""The SSD training step: a pure per-device function and its pmap wrapper.
+"""The SSD training step: a pure per-device body, under pmap or shard_map.
 
 `train_step(state, batch, priors, settings)` uses only named-axis collectives
 on `"batch"` (`lax.psum`, `lax.pmean`), so the same body runs under
@@ -20,8 +20,46 @@ BatchNorm models normalise with the global batch's statistics
 (`layers.batch_norm_axis`), as flax's `BatchNorm(axis_name=...)` computes
 them. The result does not depend on how the global batch is split over
 devices.
+
+Two wrappers, one body (`config.parallel`, `config.PARALLEL_MODES`):
+
+- "pmap" (the default, as the design card asks): `p_train_step`, with the
+  state copied to every local device (`replicate`, a leading device axis)
+  and the host batch split `[D, B/D, ...]`; `unreplicate` reads device 0's
+  copy back.
+- "shard_map": `s_train_step`, `jax.jit(jax.shard_map(train_step))` over a
+  1-D `Mesh` of all devices with the axis "batch" (`make_mesh`). The state
+  is one global `jax.Array` per leaf, replicated (`P()`), the batch one
+  global array `[B, ...]` sharded over "batch" (`P("batch")`), laid out by
+  `jax.make_array_from_process_local_data` from each process's rows: no
+  per-device copies made by hand, and `jax.device_get` of a replicated
+  array reads it back on every process. The body runs with
+  `check_vma=False`: it is the pmap body, whose gradients are per device
+  and `pmean`'d by hand (with the varying-axis check on, shard_map's
+  transpose would already sum the replicated parameters' gradients).
+
+`Parallel` hides the difference from the loop: `put` / `put_batch` /
+`step` / `get`. Both modes write the same host checkpoint (numpy trees),
+so a run may resume under the other mode.
+
+Beyond data parallelism (not built): the shard_map form extends to bigger
+backbones with a second mesh axis, e.g. `Mesh(devices.reshape(d, m),
+("batch", "model"))`. FSDP shards each parameter and its optimizer state
+along "model" (in_specs `P("model")` on its largest dimension instead of
+`P()`), and the body `lax.all_gather`s a layer's weights over "model"
+before using them (their gradients come back `psum_scatter`'d over
+"model" by the transpose); tensor (model) parallelism instead keeps a
+convolution's output channels sharded over "model" and `psum`s partial
+sums where a layer contracts over them. The batch stays sharded over
+"batch" only, so the loss, positives and BatchNorm collectives here keep
+their axis; the state's specs become a pytree of `PartitionSpec`s (from
+the parameter shapes) rather than the single `P()`, and the checkpoint,
+a host tree, would need orbax's sharded save for states too big for one
+host.
 """
 
+import dataclasses
+import functools
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -31,7 +69,10 @@ import ml_collections
 import numpy as np
 import optax
 from flax import struct
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
+from ssd_jax import config as config_lib
 from ssd_jax import losses, matching, optim
 from ssd_jax.models import layers
 
@@ -239,3 +280,145 @@ def replicate(tree: Any, num_devices: int | None = None) -> Any:
 def unreplicate(tree: Any) -> Any:
   """The first device's copy of a replicated tree, on the host (numpy)."""
   return jax.device_get(jax.tree.map(lambda x: x[0], tree))
+
+
+def make_mesh(devices: Any = None) -> Mesh:
+  """The 1-D data-parallel mesh: every device of every process on "batch".
+
+  Args:
+    devices: the devices, in order; default `jax.devices()` (process by
+      process, so the global batch is laid out as under pmap).
+
+  Returns:
+    Mesh with the single axis `AXIS`.
+  """
+  devices = jax.devices() if devices is None else devices
+  return Mesh(np.asarray(devices), (AXIS,))
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4), donate_argnums=(0,))
+def s_train_step(
+  state: TrainState,
+  batch: Mapping[str, jax.Array],
+  priors: jax.Array,
+  settings: StepSettings,
+  mesh: Mesh,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+  """`train_step` under `jax.shard_map` over `mesh` (axis "batch").
+
+  Args:
+    state: the TrainState, each leaf a global array replicated over `mesh`.
+    batch: the global batch: "image" [B, H, W, 3], "boxes" [B, M, 4],
+      "labels" [B, M], sharded over "batch" (`Parallel.put_batch`).
+    priors: [P, 4] float32, replicated.
+    settings: the static StepSettings.
+    mesh: the static 1-D mesh (`make_mesh`).
+
+  Returns:
+    (new state, metrics), replicated: the same values as `p_train_step`'s
+    (one copy instead of one per device).
+  """
+  body = functools.partial(train_step, settings=settings)
+  return jax.shard_map(
+    body,
+    mesh=mesh,
+    in_specs=(P(), P(AXIS), P()),
+    out_specs=(P(), P()),
+    check_vma=False,  # The pmap body: per-device gradients, pmean'd by hand.
+  )(state, batch, priors)
+
+
+@dataclasses.dataclass(frozen=True)
+class Parallel:
+  """How the loop places state and batches and runs the step, by mode.
+
+  Attributes:
+    mode: "pmap" or "shard_map" (`config.PARALLEL_MODES`).
+    mesh: the 1-D mesh of mode "shard_map" (None for "pmap").
+    num_devices: "pmap": the number D of local devices it maps over (the
+      first D); "shard_map": the mesh's size.
+  """
+
+  mode: str
+  mesh: Mesh | None = None
+  num_devices: int = 1
+
+  @classmethod
+  def create(cls, mode: str, devices: Any = None) -> "Parallel":
+    """The placement for `mode` over `devices`.
+
+    Args:
+      mode: "pmap" or "shard_map".
+      devices: "shard_map": the mesh's devices (default all, of every
+        process); "pmap": only their count D matters, the step maps over
+        the first D local devices (default all local ones).
+
+    Raises:
+      ValueError: naming config.parallel and the valid modes.
+    """
+    config_lib.check_choice("parallel", mode, config_lib.PARALLEL_MODES)
+    if mode == "pmap":
+      count = jax.local_device_count() if devices is None else len(devices)
+      return cls(mode, None, count)
+    mesh = make_mesh(devices)
+    return cls(mode, mesh, mesh.devices.size)
+
+  def put(self, tree: Any) -> Any:
+    """A host tree (the same on every process) on the devices, replicated.
+
+    Returns:
+      "pmap": `replicate(tree)` (leading local-device axis); "shard_map":
+      global arrays replicated over the mesh.
+    """
+    if self.mesh is None:
+      return replicate(tree, self.num_devices)
+    sharding = NamedSharding(self.mesh, P())
+    return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
+      jax.device_get(tree),
+    )
+
+  def put_broadcast(self, x: Any) -> Any:
+    """An argument each device sees whole (the priors): as given for
+    "pmap" (broadcast by `in_axes=None`), replicated for "shard_map"."""
+    return x if self.mesh is None else self.put(x)
+
+  def put_batch(self, batch: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """This process's rows of the global batch, laid out for `step`.
+
+    Args:
+      batch: host arrays [D, b, ...] (D local devices, as
+        `pipeline.create_train_iterator` yields them).
+
+    Returns:
+      "pmap": the arrays as given; "shard_map": global arrays [B, ...]
+      sharded over "batch" (B = b x all devices), this process's D x b
+      rows on its devices in order.
+    """
+    if self.mesh is None:
+      return dict(batch)
+    sharding = NamedSharding(self.mesh, P(AXIS))
+    return {
+      k: jax.make_array_from_process_local_data(
+        sharding, np.reshape(v, (-1, *np.shape(v)[2:]))
+      )
+      for k, v in batch.items()
+    }
+
+  def step(
+    self,
+    state: Any,
+    batch: Mapping[str, Any],
+    priors: Any,
+    settings: StepSettings,
+  ) -> tuple[Any, dict[str, Any]]:
+    """One update (`p_train_step` or `s_train_step`); `state` is donated."""
+    if self.mesh is None:
+      return p_train_step(state, batch, priors, settings)
+    return s_train_step(state, batch, priors, settings, self.mesh)
+
+  def get(self, tree: Any) -> Any:
+    """One copy of a placed tree (state or metrics) on the host (numpy)."""
+    if self.mesh is None:
+      return unreplicate(tree)
+    return jax.device_get(tree)

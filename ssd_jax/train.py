@@ -1,24 +1,37 @@
 """Training: restore or initialise, the loop, periodic evaluation, stops.
 
 `train_and_evaluate(config, workdir)` is the whole run, in this order:
-config validation -> model and class names -> restore the latest checkpoint
+config validation -> default boxes fitted to the training boxes
+(`fit_priors`, for `model.priors="fitted"`; kept in the workdir's
+`default_boxes.json`, which `build` and `restore_params` read back) ->
+model and class names -> restore the latest checkpoint
 or initialise (from `config.init_from` when set) -> the tf.data iterator at
-the restored step -> `step.p_train_step` on the local devices -> every N
-steps: metrics, `evaluator.Evaluator.run`, checkpoints -> a final evaluation
-and checkpoint. Resumption is exact: the data iterator restarts at the
-checkpoint's step and all randomness derives from `config.seed` and the
+the restored step -> the step (`config.parallel`: `step.p_train_step` on
+the local devices, or `step.s_train_step` over a mesh of all devices) ->
+every N steps: metrics, `evaluator.Evaluator.run`, checkpoints -> a final
+evaluation and checkpoint. Resumption is exact: the data iterator restarts
+at the checkpoint's step and all randomness derives from `config.seed` and the
 step, so an interrupted run ends with the same parameters as an
 uninterrupted one. A non-finite loss stops the run (the last good checkpoint
-is kept); SIGTERM saves a checkpoint and returns (single process).
+is kept); SIGTERM saves a checkpoint and returns.
 
 Multi-host: each process feeds its local devices after
-`jax.distributed.initialize()` (`ssd_jax.runtime`).
+`jax.distributed.initialize()` (`ssd_jax.runtime`), reading its own slice of
+every global batch (`pipeline.create_train_iterator`), and evaluates its own
+block of the eval split (`Evaluator.run` gathers the detections). SIGTERM
+usually reaches one process (or some, at different steps): every
+`STOP_AGREEMENT_EVERY` steps the processes share their stop flags (a tiny
+all-gather), so all of them save the same step and return together. A
+process that dies makes the others terminate within the heartbeat timeout
+(`runtime.HEARTBEAT_TIMEOUT_S`); the restarted job resumes from the last
+checkpoint, with any process count whose devices divide the batch.
 """
 
+import json
 import math
 import os
 import signal
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import jax
@@ -26,12 +39,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
+from ssd_jax import analyze, models, optim, recipe
 from ssd_jax import checkpoint as ckpt_lib
 from ssd_jax import config as config_lib
+from ssd_jax import default_boxes as db
 from ssd_jax import evaluator as eval_lib
 from ssd_jax import metrics_writer as metrics_lib
-from ssd_jax import models, optim
 from ssd_jax import step as step_lib
 from ssd_jax.data import dataset, pipeline
 
@@ -61,16 +76,35 @@ def check_finite(step: int, metrics: Mapping[str, Any]) -> None:
     )
 
 
-class _StopRequest:
-  """Set by SIGTERM: the loop saves a checkpoint and returns."""
+# Multi-process: steps between two agreements on a SIGTERM (one tiny
+# all-gather of a flag each time).
+STOP_AGREEMENT_EVERY = 10
 
-  def __init__(self):
+
+class _StopRequest:
+  """Set by SIGTERM: the loop saves a checkpoint and returns.
+
+  One process: the loop stops after the step in progress. Several: the
+  flags are all-gathered every `every` steps, and all processes stop at the
+  first such step after any of them was signalled (`requested`).
+  """
+
+  def __init__(self, every: int | None = None):
     self.signum = None
+    self.every = int(every or STOP_AGREEMENT_EVERY)
     self._previous = None
 
+  def requested(self, step: int) -> bool:
+    """Whether every process stops after `step` (a collective when several
+    processes run: all call it at every step)."""
+    if jax.process_count() == 1:
+      return self.signum is not None
+    if step % self.every:
+      return False
+    flags = multihost_utils.process_allgather(np.int32(self.signum is not None))
+    return bool(np.any(flags))
+
   def install(self):
-    if jax.process_count() > 1:
-      return  # Multi-host preemption needs a global agreement; not here.
     try:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     except ValueError:  # Not the main thread.
@@ -88,18 +122,172 @@ class _StopRequest:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def build(config: ml_collections.ConfigDict) -> tuple[Any, list[str]]:
+# The fitted default boxes of a run (`fit_priors`), beside its checkpoints.
+DEFAULT_BOXES_FILE = "default_boxes.json"
+
+
+def read_fitted_priors(workdir: str) -> db.PriorConfig | None:
+  """The default boxes a run fitted (`<workdir>/default_boxes.json`).
+
+  Args:
+    workdir: a training workdir.
+
+  Returns:
+    The stored PriorConfig, or None when the workdir has no such file.
+
+  Raises:
+    ValueError: naming the file when it is not a default-box config.
+  """
+  path = os.path.join(workdir, DEFAULT_BOXES_FILE)
+  if not os.path.isfile(path):
+    return None
+  try:
+    with open(path) as f:
+      stored = json.load(f)
+    return db.PriorConfig(
+      image_size=int(stored["image_size"]),
+      feature_sizes=tuple(int(v) for v in stored["feature_sizes"]),
+      steps=tuple(float(v) for v in stored["steps"]),
+      min_sizes=tuple(float(v) for v in stored["min_sizes"]),
+      max_sizes=tuple(float(v) for v in stored["max_sizes"]),
+      aspect_ratios=tuple(
+        tuple(float(r) for r in rs) for rs in stored["aspect_ratios"]
+      ),
+      clip=bool(stored.get("clip", True)),
+    )
+  except (ValueError, KeyError, TypeError) as e:
+    raise ValueError(f"{path}: not a default-box config ({e!r})") from e
+
+
+def _with_fitted_sizes(
+  config: ml_collections.ConfigDict, fitted: db.PriorConfig
+) -> ml_collections.ConfigDict:
+  """A copy of `config` whose model uses these fitted sizes."""
+  config = config.copy_and_resolve_references()
+  config.model.priors = "fitted"
+  config.model.prior_min_sizes = tuple(fitted.min_sizes)
+  config.model.prior_max_sizes = tuple(fitted.max_sizes)
+  return config
+
+
+def build(
+  config: ml_collections.ConfigDict, workdir: str | None = None
+) -> tuple[Any, list[str]]:
   """The model and the dataset's class names from the config.
+
+  A workdir holding fitted default boxes (`fit_priors`) decides the boxes:
+  the model takes them whatever the config's `model.priors`, so that
+  evaluation, prediction and export use the boxes the run trained with.
 
   Args:
     config: the full config.
+    workdir: the training workdir, or None.
 
   Returns:
     (model, class_names) with `num_classes = len(class_names) + 1`.
+
+  Raises:
+    ValueError: naming the config field, or the workdir's
+      default_boxes.json when its boxes do not fit the model.
   """
+  fitted = read_fitted_priors(workdir) if workdir else None
+  if fitted is not None:
+    if config.model.get("priors", "default") != "fitted":
+      logging.warning(
+        "model.priors=%r, but %s holds the fitted default boxes this run "
+        "trained with; using those.",
+        config.model.get("priors"),
+        os.path.join(workdir, DEFAULT_BOXES_FILE),
+      )
+    config = _with_fitted_sizes(config, fitted)
   names = list(dataset.class_names(config.data))
   model = models.from_config(config.model, num_classes=len(names) + 1)
+  if fitted is not None and model.resolved_prior_config() != fitted:
+    raise ValueError(
+      f"{os.path.join(workdir, DEFAULT_BOXES_FILE)} holds default boxes for "
+      f"image_size {fitted.image_size}, maps {fitted.feature_sizes}; the "
+      f"config's model (image_size {model.image_size}) has others: "
+      f"{model.resolved_prior_config()}"
+    )
   return model, names
+
+
+def fit_priors(
+  config: ml_collections.ConfigDict, workdir: str
+) -> ml_collections.ConfigDict:
+  """Fits the default boxes to the training set once per run (priors="fitted").
+
+  For `model.priors="fitted"`: the boxes stored in the workdir
+  (`default_boxes.json`) when there are any (a resumed run keeps its boxes
+  even if the data changed); else `model.prior_min_sizes` /
+  `prior_max_sizes` when set; else boxes fitted to the training split
+  (`analyze.fitted_prior_config`), with the coverage before and after
+  logged. New boxes are written to `<workdir>/default_boxes.json` (process
+  0), where `build` reads them back for evaluation, prediction and export.
+
+  Args:
+    config: the full config.
+    workdir: the training workdir.
+
+  Returns:
+    `config` itself when `model.priors` is not "fitted", else a copy whose
+    `model.prior_min_sizes` / `prior_max_sizes` hold the boxes' sizes.
+
+  Raises:
+    ValueError: for a model outside the VGG family, a tfds source (no
+      table to read the boxes from), or a bad stored file.
+  """
+  if config.model.get("priors", "default") != "fitted":
+    return config
+  stored = read_fitted_priors(workdir)
+  path = os.path.join(workdir, DEFAULT_BOXES_FILE)
+  if stored is not None:
+    logging.info("Default boxes from %s: min sizes %s", path, stored.min_sizes)
+    return _with_fitted_sizes(config, stored)
+  record = {}
+  if config.model.get("prior_min_sizes"):
+    model, _ = build(config)
+    fitted = model.resolved_prior_config()
+    logging.info("Default boxes from model.prior_min_sizes / max_sizes.")
+  else:
+    stats = analyze.dataset_stats(config.data, "train")
+    fitted = analyze.fitted_prior_config(config, stats)
+    base = models.default_prior_config(fitted.image_size)
+    threshold = float(config.iou_threshold)
+    before, after = (
+      analyze.prior_coverage(stats.boxes, db.prior_boxes(c), threshold)
+      for c in (base, fitted)
+    )
+    record = {
+      "fitted_to": f"{len(stats.boxes)} boxes of split "
+      f"{dataset.split(config.data, True)!r}",
+      "iou_threshold": threshold,
+      "coverage_before": before.coverage,
+      "coverage_after": after.coverage,
+      "mean_positives_before": before.mean_positives,
+      "mean_positives_after": after.mean_positives,
+    }
+    logging.info(
+      "Default boxes fitted to %s: coverage (best prior IoU >= %g) %s -> %s, "
+      "positives per box %s -> %s; min sizes (px) %s",
+      record["fitted_to"],
+      threshold,
+      *(
+        "-" if v is None else f"{v:.3f}"
+        for v in (before.coverage, after.coverage)
+      ),
+      *(
+        "-" if v is None else f"{v:.2f}"
+        for v in (before.mean_positives, after.mean_positives)
+      ),
+      ", ".join(f"{s:.1f}" for s in fitted.min_sizes),
+    )
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+      json.dump({"priors": "fitted", **fitted._asdict(), **record}, f, indent=1)
+    os.replace(path + ".tmp", path)
+  return _with_fitted_sizes(config, fitted)
 
 
 def _input(model: Any) -> jax.ShapeDtypeStruct:
@@ -140,14 +328,50 @@ def abstract_state(model: Any, tx: Any) -> step_lib.TrainState:
   )
 
 
+def adapt(
+  config: ml_collections.ConfigDict, workdir: str, fixed: Collection[str] = ()
+) -> ml_collections.ConfigDict:
+  """The config with its recipe's choices (`ssd_jax.recipe`), logged.
+
+  A new run with `config.recipe = "quick"` chooses from the training boxes
+  (keeping the `fixed` fields) and stores the choices in the workdir; a
+  resumed run reads them back; a workdir holding checkpoints of a run
+  without a recipe file keeps the config as it is.
+
+  Args:
+    config: the full config.
+    workdir: the training workdir.
+    fixed: dotted fields set on the command line.
+
+  Returns:
+    The config the run uses.
+  """
+  checkpoints = os.path.join(workdir, "checkpoints")
+  has_run = os.path.isdir(checkpoints) and bool(os.listdir(checkpoints))
+  config, choices = recipe.resolve(
+    config,
+    workdir,
+    fixed,
+    choose_new=not has_run,
+    store=jax.process_index() == 0,
+  )
+  if choices:
+    logging.info("%s", recipe.format_choices(choices))
+  return config
+
+
 def train_and_evaluate(
-  config: ml_collections.ConfigDict, workdir: str
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  fixed: Collection[str] = (),
 ) -> dict[str, Any]:
   """Trains with periodic evaluation and checkpoints; resumes by itself.
 
   Args:
     config: the full config (see configs/).
     workdir: output folder (checkpoints, metrics, eval results, pictures).
+    fixed: dotted config fields set on the command line, which the quick
+      recipe keeps (`adapt`).
 
   Returns:
     A summary dict: "step", "mAP" (last evaluation or None), "loss",
@@ -159,7 +383,10 @@ def train_and_evaluate(
   """
   config_lib.validate_config(config, jax.device_count(), jax.process_count())
   os.makedirs(workdir, exist_ok=True)
-  model, names = build(config)
+  config = adapt(config, workdir, fixed)
+  config_lib.validate_config(config, jax.device_count(), jax.process_count())
+  config = fit_priors(config, workdir)
+  model, names = build(config, workdir)
   settings = step_lib.step_settings(model, config)
   priors = jnp.asarray(model.priors(), jnp.float32)
   checkpointer = ckpt_lib.Checkpointer(
@@ -203,8 +430,10 @@ def train_and_evaluate(
     start_step=start_step,
     normalization=models.normalization_of(model),
   )
-  p_state = step_lib.replicate(state)
+  parallel = step_lib.Parallel.create(config.parallel)
+  p_state = parallel.put(state)
   del state
+  priors = parallel.put_broadcast(priors)
   stop = _StopRequest()
   stop.install()
   progress = metrics_lib.Progress(config.num_steps, config.batch_size)
@@ -215,35 +444,34 @@ def train_and_evaluate(
   try:
     while step < config.num_steps:
       batch = next(train_iter)
-      batch = {k: batch[k] for k in ("image", "boxes", "labels")}
-      p_state, p_metrics = step_lib.p_train_step(
-        p_state, batch, priors, settings
+      batch = parallel.put_batch(
+        {k: batch[k] for k in ("image", "boxes", "labels")}
       )
+      p_state, p_metrics = parallel.step(p_state, batch, priors, settings)
       step += 1
       # Check the previous step's loss while this one runs (no stall).
       if pending is not None:
         last_metrics = _finish_step(pending, writer, progress, config)
-      pending = (step, p_metrics)
+      pending = (step, parallel.get, p_metrics)
+      stopping = stop.requested(step)
       is_last = step == config.num_steps
       do_eval = config.eval_every and (step % config.eval_every == 0)
       do_save = config.checkpoint_every and (
         step % config.checkpoint_every == 0
       )
-      if do_eval or do_save or is_last or stop.signum is not None:
+      if do_eval or do_save or is_last or stopping:
         last_metrics = _finish_step(pending, writer, progress, config)
         pending = None
       eval_metrics = None
       if do_eval or is_last:
-        variables = step_lib.unreplicate(p_state.variables())
+        variables = parallel.get(p_state.variables())
         result = evaluator.run(variables, step, workdir)
         last_map = result.mAP
         eval_metrics = {"mAP": float(result.mAP)}
         writer.write(step, eval_metrics)
-      if do_save or is_last or stop.signum is not None:
-        checkpointer.save(
-          step, step_lib.unreplicate(p_state), metrics=eval_metrics
-        )
-      if stop.signum is not None:
+      if do_save or is_last or stopping:
+        checkpointer.save(step, parallel.get(p_state), metrics=eval_metrics)
+      if stopping:
         logging.warning(
           "Stopped by signal at step %d (checkpoint saved).", step
         )
@@ -263,9 +491,12 @@ def train_and_evaluate(
 
 
 def _finish_step(pending, writer, progress, config):
-  """Fetches a step's metrics, checks the loss, logs/writes every N steps."""
-  step, p_metrics = pending
-  metrics = {k: float(v) for k, v in step_lib.unreplicate(p_metrics).items()}
+  """Fetches a step's metrics, checks the loss, logs/writes every N steps.
+
+  `pending` is (step, the placement's `get`, the step's device metrics).
+  """
+  step, get, p_metrics = pending
+  metrics = {k: float(v) for k, v in get(p_metrics).items()}
   check_finite(step, metrics)
   progress.update(step)
   if step % config.log_every == 0 or step == config.num_steps:
@@ -296,7 +527,8 @@ def restore_params(
     checkpoint.UnreadableCheckpointError: when the asked step, or every
       step, cannot be read.
   """
-  model, names = build(config)
+  config, _ = recipe.resolve(config, workdir, choose_new=False)
+  model, names = build(config, workdir)
   checkpointer = ckpt_lib.Checkpointer(
     os.path.join(workdir, "checkpoints"), keep=0, read_only=True
   )

@@ -169,6 +169,9 @@ def _voc_ids(rng, year: str, count: int) -> list[str]:
 def _voc_xml(year: str, image_id: str, size, objects) -> str:
   """A VOC XML annotation as the devkit writes it (tab-indented).
 
+  Written here, not with `voc_folder.annotation_xml`, so the reader's tests
+  read files that the code under test did not write.
+
   Args:
     year: "2007" or "2012".
     image_id: the id; the file name is `<id>.jpg`.

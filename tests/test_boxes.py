@@ -317,3 +317,17 @@ def test_encode_float16_degenerate_box_is_finite(xp):
   # float32 keeps the 1e-8 clamp: log(1e-8 / 0.2) / 0.2.
   got32 = np.asarray(box_lib.encode(box.astype(np.float32), prior, xp=xp))
   np.testing.assert_allclose(got32[0, 2:], np.log(1e-8 / 0.2) / 0.2, rtol=1e-4)
+
+
+def test_decode_exports_with_a_symbolic_batch():
+  # jax.export with a symbolic leading axis: the shape checks skip the
+  # symbolic sizes instead of failing on them.
+  priors = np.array([[0.5, 0.5, 0.2, 0.2], [0.3, 0.3, 0.1, 0.4]], np.float32)
+  (b,) = jax.export.symbolic_shape("b")
+  exported = jax.export.export(jax.jit(lambda x: box_lib.decode(x, priors)))(
+    jax.ShapeDtypeStruct((b, 2, 4), jnp.float32)
+  )
+  loc = np.random.default_rng(0).normal(size=(3, 2, 4)).astype(np.float32)
+  np.testing.assert_allclose(
+    exported.call(loc), box_lib.decode(loc, priors), atol=1e-6
+  )

@@ -236,3 +236,16 @@ def test_pipelines_normalise_for_the_model(kind):
   np.testing.assert_allclose(
     b["image"], image.renormalize_from_caffe(a["image"], kind), atol=1e-5
   )
+
+
+def test_shard_range_covers_each_example_once():
+  for n in (0, 1, 7, 16):
+    for k in (1, 2, 3):
+      blocks = [pipeline.shard_range(n, (i, k)) for i in range(k)]
+      assert [i for lo, hi in blocks for i in range(lo, hi)] == list(range(n))
+      sizes = [hi - lo for lo, hi in blocks]
+      assert max(sizes) - min(sizes) <= 1  # Balanced.
+  with pytest.raises(ValueError, match="0 <= index < count"):
+    pipeline.shard_range(4, (2, 2))
+  with pytest.raises(ValueError, match="0 <= index < count"):
+    pipeline.shard_range(4, (0, 0))

@@ -172,8 +172,9 @@ def test_prior_boxes_of_a_plain_config_is_default_boxes():
 
 
 def test_named_priors():
-  assert set(db.NAMED_PRIORS) == {"default", "coco", "torchvision"}
+  assert set(db.NAMED_PRIORS) == {"default", "fitted", "coco", "torchvision"}
   assert db.NAMED_PRIORS["default"] is None
+  assert db.NAMED_PRIORS["fitted"] is None  # The rule's grid, fitted sizes.
   assert db.NAMED_PRIORS["coco"] == {
     300: db.SSD300_COCO_PRIORS,
     512: db.SSD512_COCO_PRIORS,
@@ -219,3 +220,122 @@ def test_paper_sizes_rejects_non_finite_scales_and_sizes():
     db.paper_sizes(300, 6, first_scale=math.nan)
   with pytest.raises(ValueError, match="image_size must be positive finite"):
     db.paper_prior_config(-300, (3, 2, 1))
+
+
+# --- Coverage of boxes and default boxes fitted to them ---------------------
+
+
+def _ref_iou(a, b):
+  """IoU of two corner boxes, written out (independent of ssd_jax.boxes)."""
+  iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+  ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+  inter = iw * ih
+  union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+  return inter / union if union > 0 else 0.0
+
+
+def _ref_coverage(gt, priors, threshold):
+  """Per box: best IoU and the matcher's positives, by a slow loop."""
+  best, positives = [], []
+  for g in gt:
+    ious = [
+      _ref_iou(g, (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2))
+      for cx, cy, w, h in priors
+    ]
+    above = sum(i >= threshold for i in ious)
+    top = max(ious, default=0.0)
+    best.append(top)
+    positives.append(above if above else int(top > 0))
+  return np.array(best), np.array(positives)
+
+
+def _random_boxes(rng, n, lo, hi):
+  """n boxes of side sqrt(w h) log-uniform in [lo, hi], ratios 1/2..2."""
+  side = np.exp(rng.uniform(np.log(lo), np.log(hi), n))
+  ratio = np.exp(rng.uniform(np.log(0.5), np.log(2.0), n))
+  wh = np.minimum(np.stack([side * ratio**0.5, side / ratio**0.5], 1), 1.0)
+  xy = wh / 2 + rng.uniform(size=wh.shape) * (1 - wh)
+  return np.concatenate([xy - wh / 2, xy + wh / 2], 1), wh, xy
+
+
+SMALL_GRID = db.paper_prior_config(96, (12, 6, 3, 1))  # The :small model's.
+
+
+def test_box_coverage_matches_a_slow_loop():
+  rng = np.random.default_rng(0)
+  gt, _, _ = _random_boxes(rng, 40, 0.02, 0.9)
+  gt = np.concatenate([gt, [[0.3, 0.3, 0.3, 0.5]]])  # Zero area: no prior.
+  priors = db.prior_boxes(SMALL_GRID)
+  for threshold in (0.5, 0.35):
+    best, positives = db.box_coverage(gt, priors, threshold, chunk=7)
+    want_best, want_positives = _ref_coverage(gt, priors, threshold)
+    assert best.shape == (41,) and best.dtype == np.float32
+    assert positives.shape == (41,) and positives.dtype == np.int32
+    np.testing.assert_allclose(best, want_best, atol=1e-5)
+    np.testing.assert_array_equal(positives, want_positives)
+  assert positives[-1] == 0 and best[-1] == 0
+  # A box below the threshold everywhere still gets its forced prior.
+  assert ((best < 0.35) & (positives == 1)).any()
+
+
+def test_box_coverage_empty_and_bad_shapes():
+  best, positives = db.box_coverage(
+    np.zeros((0, 4)), db.prior_boxes(SMALL_GRID)
+  )
+  assert best.shape == positives.shape == (0,)
+  best, positives = db.box_coverage([[0.1, 0.1, 0.5, 0.5]], np.zeros((0, 4)))
+  assert best.tolist() == [0.0] and positives.tolist() == [0]
+  with pytest.raises(ValueError, match="gt_boxes must be"):
+    db.box_coverage(np.zeros((3, 2)), np.zeros((1, 4)))
+  with pytest.raises(ValueError, match="priors must be"):
+    db.box_coverage(np.zeros((3, 4)), np.zeros((4,)))
+
+
+def _coverage(boxes, config):
+  best, _ = db.box_coverage(boxes, db.prior_boxes(config))
+  return float(np.mean(best >= 0.5))
+
+
+@pytest.mark.parametrize(
+  "lo, hi, min_gain",
+  [(0.05, 0.15, 0.02), (0.5, 1.0, 0.05), (0.05, 0.9, 0.0)],
+  ids=["all_small", "all_large", "mixed"],
+)
+def test_fit_prior_config_keeps_structure_and_raises_coverage(lo, hi, min_gain):
+  rng = np.random.default_rng(1)
+  boxes, wh, xy = _random_boxes(rng, 300, lo, hi)
+  fitted = db.fit_prior_config(SMALL_GRID, wh, 0.5, centers=xy)
+  # Structure: same maps, steps and box kinds, so the heads do not change.
+  for field in ("image_size", "feature_sizes", "steps", "aspect_ratios"):
+    assert getattr(fitted, field) == getattr(SMALL_GRID, field), field
+  assert db.prior_boxes(fitted).shape == db.prior_boxes(SMALL_GRID).shape
+  mins = np.array(fitted.min_sizes)
+  assert (np.diff(mins) > 0).all() and 0 < mins[0] and mins[-1] <= 96
+  assert (np.array(fitted.max_sizes) >= mins).all()
+  # Coverage of these boxes never falls; on skewed sizes it rises (small
+  # boxes only a little: the 8 px stride of the first map at 96 px limits
+  # the IoU of boxes of 5-14 px whatever their scale).
+  before, after = _coverage(boxes, SMALL_GRID), _coverage(boxes, fitted)
+  assert after >= before + min_gain, (before, after)
+  # Without centres (random positions) the fit lands near the same scales.
+  free = db.fit_prior_config(SMALL_GRID, wh, 0.5)
+  assert _coverage(boxes, free) >= before
+
+
+def test_fit_prior_config_degenerate_inputs():
+  assert db.fit_prior_config(SMALL_GRID, np.zeros((0, 2))) == SMALL_GRID
+  assert db.fit_prior_config(SMALL_GRID, np.zeros((5, 2))) == SMALL_GRID
+  with pytest.raises(ValueError, match="box_sizes must be"):
+    db.fit_prior_config(SMALL_GRID, np.zeros((5, 4)))
+  with pytest.raises(ValueError, match="centers must be"):
+    db.fit_prior_config(
+      SMALL_GRID, np.ones((5, 2)) / 2, centers=np.ones((4, 2))
+    )
+  two_maps = SMALL_GRID._replace(
+    **{k: getattr(SMALL_GRID, k)[:2] for k in PER_MAP}
+  )
+  with pytest.raises(ValueError, match="at least 3 maps"):
+    db.fit_prior_config(two_maps, np.ones((5, 2)) / 2)
+
+
+PER_MAP = ("feature_sizes", "steps", "min_sizes", "max_sizes", "aspect_ratios")

@@ -1,6 +1,7 @@
 """Tests for ssd_jax/evaluator.py: the jitted forward, `Evaluator.detect`
-against a hand-written forward + decode, and `Evaluator.run` against
-hand-computed APs on a VOC folder written by the test."""
+against a hand-written forward + decode, `Evaluator.run` against
+hand-computed APs on a VOC folder written by the test, and config.eval.nms
+"device" against "host" (detections, and the mAP of the shapes run)."""
 
 import dataclasses
 import functools
@@ -13,10 +14,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from conftest import load_config
 from PIL import Image
 from test_data_voc_folder import write_voc_folder
 
-from ssd_jax import evaluation, evaluator, models, postprocess
+from ssd_jax import detect, evaluation, evaluator, models, postprocess, train
 
 EVAL_DEFAULTS = {
   "metric": "voc",
@@ -134,7 +136,7 @@ def _oracle(h=40, w=60):
 def test_predict_is_forward_and_softmax():
   model, params = tiny_ssd(3)
   images = np.random.default_rng(0).normal(0, 50, (2, 64, 64, 3))
-  loc, probs = evaluator.predict(model, params, images.astype(np.float32))
+  loc, probs = detect.predict(model, params, images.astype(np.float32))
   want_loc, logits = model.apply({"params": params}, images)
   np.testing.assert_allclose(loc, want_loc, rtol=1e-5, atol=1e-5)
   want = np.exp(logits - logits.max(-1, keepdims=True))
@@ -152,9 +154,9 @@ def test_equal_models_share_one_compile():
   images = np.zeros((2, 64, 64, 3), np.float32)
   cfg = eval_config({"source": "synthetic"})
   evaluator.Evaluator(model, cfg, ["a", "b"]).detect(params, images)
-  before = evaluator.predict_jit._cache_size()
+  before = detect.predict_jit._cache_size()
   evaluator.Evaluator(twin, cfg, ["a", "b"]).detect(params, images)
-  assert evaluator.predict_jit._cache_size() == before
+  assert detect.predict_jit._cache_size() == before
 
 
 def test_detect_equals_forward_then_decode_detections():
@@ -284,3 +286,51 @@ def test_run_on_an_empty_split_names_it(monkeypatch):
   ev = evaluator.Evaluator(model, eval_config(data), ["cat", "dog"])
   with pytest.raises(ValueError, match="'eval' of config.data .* is empty"):
     ev.run(params, 0, None)
+
+
+def test_device_nms_gives_the_host_detections():
+  model, params = tiny_ssd(3)
+  rng = np.random.default_rng(2)
+  images = rng.normal(0, 50, (3, 64, 64, 3)).astype(np.float32)
+  data = {"source": "synthetic"}
+  host = evaluator.Evaluator(model, eval_config(data), ["a", "b"])
+  device = evaluator.Evaluator(
+    model, eval_config(data, nms="device"), ["a", "b"]
+  )
+  for valid in (None, np.array([True, False, True])):
+    want = host.detect(params, images, valid)
+    got = device.detect(params, images, valid)
+    assert len(got) == len(want) == (3 if valid is None else 2)
+    for g, w in zip(got, want, strict=True):
+      assert len(g.scores) == len(w.scores) > 0
+      assert g.boxes.shape == (len(w.scores), 4) and g.boxes.dtype == np.float32
+      np.testing.assert_array_equal(g.labels, w.labels)
+      np.testing.assert_array_equal(g.scores, w.scores)
+      np.testing.assert_allclose(g.boxes, w.boxes, rtol=0, atol=1e-6)
+
+
+def test_unknown_nms_names_the_choices():
+  model, _ = tiny_ssd(3)
+  cfg = eval_config({"source": "synthetic"}, nms="gpu")
+  with pytest.raises(ValueError, match="config.eval.nms must be one of 'host'"):
+    evaluator.Evaluator(model, cfg, ["a", "b"])
+
+
+def test_map_with_device_nms_equals_host_nms(shapes_run):
+  # The tiny trained shapes model on its eval split: the same mAP and
+  # per-class APs with either decoder (the kept sets are the same).
+  workdir, _ = shapes_run
+  config = load_config("shapes", "small")
+  model, variables, names, step = train.restore_params(config, workdir)
+  results = {}
+  for nms in ("host", "device"):
+    config.eval.nms = nms
+    results[nms] = evaluator.Evaluator(model, config, names).run(
+      variables, step, None
+    )
+  host, device = results["host"], results["device"]
+  assert device.num_images == host.num_images == config.data.num_eval
+  assert device.mAP == pytest.approx(host.mAP, abs=1e-6)
+  assert device.per_class_ap == pytest.approx(
+    host.per_class_ap, abs=1e-6, nan_ok=True
+  )

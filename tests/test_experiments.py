@@ -2,9 +2,10 @@
 
 One section per script (bench.py, gpu_forward_probe.py,
 bench_alternatives.py, bench_model.py, bench_layers.py,
-bench_postprocess.py, bench_input.py, bench_zoo.py, sweeps/sweep.py; the
-torch reference torch_nvidia_ssd300.py is run by test_weights_nvidia.py where
-torch is installed). The scripts are not
+bench_postprocess.py, bench_input.py, bench_zoo.py, sweeps/sweep.py,
+own_data/make_sets.py and own_data/run_recipe.py; the torch reference
+torch_nvidia_ssd300.py is run by test_weights_nvidia.py where torch is
+installed). The scripts are not
 a package: the `load_experiment` fixture of conftest.py imports them by
 path. Every run here uses tiny settings; the figures themselves are not
 checked.
@@ -322,3 +323,210 @@ def test_bench_zoo_smoke(capsys, load_experiment):
   )
   out = capsys.readouterr().out
   assert "ssdlite   params" in out and "train_step" in out
+
+
+# --- own_data/make_sets.py and own_data/run_recipe.py -------------------------
+
+# The class names each held-out set must carry, written out independently.
+OWN_DATA_CLASSES = {
+  "shapes10": [
+    "star", "hexagon", "arrow", "half_disc", "l_shape", "heart", "crescent",
+    "pentagon", "trapezoid", "hourglass",
+  ],
+  "small_crowded": ["heart", "hexagon", "arrow", "crescent", "t_shape"],
+  "large_few": ["pentagon", "l_shape", "half_disc", "hourglass", "star"],
+  "grey_similar": [
+    "arrow_up", "arrow_right", "arrow_down", "arrow_left", "hexagon_filled",
+    "hexagon_outline", "star_filled", "star_outline",
+  ],
+  "textures": ["stripes", "checker", "dots", "marble", "wood", "bricks"],
+  "mixed_sizes": [
+    "hexagon", "heart", "arrow", "crescent", "trapezoid", "t_shape",
+  ],
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def make_sets(load_experiment):
+  return load_experiment("own_data/make_sets")
+
+
+@pytest.fixture(scope="module")
+def tiny_sets(make_sets, tmp_path_factory):
+  """Every set with 4 train and 2 test images: (folder, stats)."""
+  out = tmp_path_factory.mktemp("own_data")
+  stats = make_sets.main(
+    ["--out", str(out), "--num_train", "4", "--num_test", "2"]
+  )
+  return out, stats
+
+
+def test_make_sets_reads_back_through_voc_folder(make_sets, tiny_sets):
+  from ssd_jax.data import voc_folder
+
+  out, stats = tiny_sets
+  assert list(stats) == list(OWN_DATA_CLASSES)
+  for name, classes in OWN_DATA_CLASSES.items():
+    root = str(out / name)
+    assert voc_folder.folder_class_names(root) == classes
+    for split, count in (("train", 4), ("test", 2)):
+      examples = list(voc_folder.read_voc_folder(root, split))
+      assert len(examples) == count == stats[name]["splits"][split]["images"]
+      boxes_seen = 0
+      for k, ex in enumerate(examples):
+        assert ex["image_id"] == f"{split}_{k:05d}"
+        assert ex["image"].shape[:2] == tuple(ex["original_size"])
+        boxes = ex["boxes"]
+        assert np.all((boxes >= 0) & (boxes <= 1))
+        assert np.all(boxes[:, 2:] > boxes[:, :2])
+        assert np.all((ex["labels"] >= 1) & (ex["labels"] <= len(classes)))
+        # Round trip: the boxes written are the boxes drawn, exactly.
+        scene = make_sets.generate(name, split, k)
+        np.testing.assert_allclose(boxes, scene.boxes, atol=1e-6)
+        np.testing.assert_array_equal(ex["labels"], scene.labels + 1)
+        np.testing.assert_array_equal(ex["difficult"], scene.difficult)
+        boxes_seen += len(boxes)
+      assert boxes_seen == stats[name]["splits"][split]["objects"] > 0
+  grey = next(voc_folder.read_voc_folder(str(out / "grey_similar"), "test"))
+  assert np.array_equal(grey["image"][..., 0], grey["image"][..., 2])
+  large = next(voc_folder.read_voc_folder(str(out / "large_few"), "train"))
+  assert large["original_size"] == (128, 192)
+
+
+def test_make_sets_voc_pixels_by_hand(make_sets, tiny_sets):
+  # An object's VOC bndbox is its visible pixel extent, 1-based inclusive.
+  import xml.etree.ElementTree as ET
+
+  out, _ = tiny_sets
+  scene = make_sets.generate("shapes10", "train", 0)
+  h, w = scene.image.shape[:2]
+  root = ET.parse(out / "shapes10" / "Annotations" / "train_00000.xml")
+  assert root.findtext("size/width") == str(w)
+  for obj, box in zip(root.findall("object"), scene.boxes, strict=True):
+    x0, y0, x1, y1 = (int(obj.findtext(f"bndbox/{t}")) for t in
+                      ("xmin", "ymin", "xmax", "ymax"))  # fmt: skip
+    # Columns x0 - 1 .. x1 - 1 (0-based) are the extent [x0 - 1, x1).
+    assert (x0 - 1, y0 - 1, x1, y1) == tuple(
+      int(round(v)) for v in box * [w, h, w, h]
+    )
+
+
+def test_make_sets_mask_box_and_occlusion_by_hand(make_sets):
+  mask = np.zeros((8, 10), bool)
+  mask[2:5, 3:7] = True  # rows 2..4, columns 3..6
+  np.testing.assert_allclose(
+    make_sets.mask_box(mask), [3 / 10, 2 / 8, 7 / 10, 5 / 8]
+  )
+  # Four objects painted in order: b hides the right half of a, c hides
+  # all of d (so d is dropped); a keeps 20 of 40 pixels: not difficult; c
+  # is 2x2 pixels, a sliver under 4 px: difficult.
+  a = np.zeros((8, 10), bool)
+  a[0:4, 0:10] = True
+  b = np.zeros((8, 10), bool)
+  b[0:8, 5:10] = True
+  d = np.zeros((8, 10), bool)
+  d[6:8, 0:2] = True
+  c = d.copy()
+  Obj = make_sets.Obj
+  scene = make_sets.finish(
+    np.zeros((8, 10, 3)),
+    [Obj(0, a, 40), Obj(1, b, 40), Obj(2, d, 4), Obj(3, c, 4)],
+  )
+  np.testing.assert_array_equal(scene.labels, [0, 1, 3])
+  np.testing.assert_allclose(
+    scene.boxes,
+    [[0, 0, 0.5, 0.5], [0.5, 0, 1, 1], [0, 0.75, 0.2, 1]],
+    atol=1e-7,
+  )
+  np.testing.assert_array_equal(scene.difficult, [False, False, True])
+  # A truncated object: 4 of its 8 pixels inside the image.
+  cut = make_sets.finish(np.zeros((8, 10)), [Obj(0, c, 8)])
+  assert cut.truncated.tolist() == [True] and cut.difficult.tolist() == [True]
+  empty = make_sets.finish(np.zeros((8, 10, 3)), [])
+  assert empty.boxes.shape == (0, 4) and empty.labels.shape == (0,)
+
+
+def test_make_sets_deterministic_and_checked(make_sets):
+  one = make_sets.generate("textures", "train", 3, seed=1)
+  again = make_sets.generate("textures", "train", 3, seed=1)
+  np.testing.assert_array_equal(one.image, again.image)
+  np.testing.assert_array_equal(one.boxes, again.boxes)
+  other = make_sets.generate("textures", "test", 3, seed=1)
+  assert not np.array_equal(one.image, other.image)
+  with pytest.raises(ValueError, match="unknown set 'nope'"):
+    make_sets.generate("nope", "train", 0)
+  with pytest.raises(ValueError, match="split must be one of"):
+    make_sets.generate("shapes10", "val", 0)
+  with pytest.raises(ValueError, match="need >= 1 image per split"):
+    make_sets.write_set("/nonexistent", "shapes10", 0, 1)
+  with pytest.raises(SystemExit):
+    make_sets.main(["--out", "/nonexistent", "--sets", "shapes10,nope"])
+
+
+def _fake_python(tmp_path, body: str) -> str:
+  """An executable standing in for `python -m ssd_jax.main ...`."""
+  path = tmp_path / "fake_python"
+  path.write_text(
+    "#!/bin/sh\n"
+    'for a in "$@"; do case "$a" in --workdir=*) w="${a#--workdir=}";; '
+    "esac; done\n" + body
+  )
+  path.chmod(0o755)
+  return str(path)
+
+
+def test_run_recipe_runs_reads_and_writes(load_experiment, tiny_sets, tmp_path):
+  run_recipe = load_experiment("own_data/run_recipe")
+  out, _ = tiny_sets
+  command = run_recipe.recipe_command(
+    "/d/shapes10", "/w", ["--config.num_steps=50"], python="py"
+  )
+  assert command == [
+    "py", "-m", "ssd_jax.main", "--config=configs/voc_folder.py:small",
+    "--config.data.root=/d/shapes10", "--config.data.train_split=train",
+    "--config.data.eval_split=test", "--workdir=/w", "--config.num_steps=50",
+  ]  # fmt: skip
+  python = _fake_python(
+    tmp_path, 'echo \'{"step": 50, "mAP": 0.25}\' > "$w/eval_results.json"\n'
+  )
+  results = tmp_path / "results"
+  rows = run_recipe.main(
+    ["--data", str(out), "--sets", "shapes10,grey_similar",
+     "--workdir_root", str(tmp_path / "runs"), "--out_dir", str(results),
+     "--date", "2026-01-02", "--python", python, "--config.num_steps=50"]
+  )  # fmt: skip
+  assert [(r.set, r.train_images, r.test_images, r.classes) for r in rows] == [
+    ("shapes10", 4, 2, 10),
+    ("grey_similar", 4, 2, 8),
+  ]
+  assert all(r.steps == 50 and r.mAP == 0.25 and r.status == "ok" for r in rows)
+  table = (results / "own_data_2026-01-02.md").read_text()
+  assert "| shapes10 | 4/2 | 10 | 50 |" in table and "| 0.250 | ok |" in table
+  saved = json.loads((results / "own_data_2026-01-02.json").read_text())
+  assert saved["overrides"] == ["--config.num_steps=50"]
+  assert saved["runs"][1]["command"][-1] == "--config.num_steps=50"
+  with pytest.raises(FileExistsError, match="exists"):
+    run_recipe.run_set("shapes10", str(out / "shapes10"),
+                       str(tmp_path / "runs" / "shapes10"), 60)  # fmt: skip
+  with pytest.raises(SystemExit):
+    run_recipe.main(["--data", str(out), "--bogus"])
+
+
+def test_run_recipe_budget_and_failure(load_experiment, tiny_sets, tmp_path):
+  run_recipe = load_experiment("own_data/run_recipe")
+  out, _ = tiny_sets
+  root = str(out / "large_few")
+  slow = _fake_python(tmp_path, "sleep 30\n")
+  row, _ = run_recipe.run_set(
+    "large_few", root, str(tmp_path / "slow"), 0.5, python=slow
+  )
+  assert row.status == "stopped" and row.minutes < 0.1
+  assert row.steps is None and math.isnan(row.mAP)
+  failing = tmp_path / "failing"
+  failing.mkdir()
+  bad = _fake_python(failing, "exit 3\n")
+  row, _ = run_recipe.run_set(
+    "large_few", root, str(tmp_path / "bad"), 60, python=bad
+  )
+  assert row.status == "failed (exit 3)"
+  assert "| - | failed (exit 3) |" in run_recipe.format_table([row])

@@ -389,6 +389,39 @@ def test_from_config_coco_priors():
     models.from_config({"name": "ssd512", "priors": "torchvision"}, 91)
 
 
+def test_from_config_fitted_priors():
+  cfg = {"name": "ssd", "image_size": 96, "width": 0.125, "priors": "fitted"}
+  mins, maxs = (5.0, 12.0, 30.0, 60.0), (12.0, 30.0, 60.0, 100.0)
+  model = models.from_config(
+    cfg | {"prior_min_sizes": mins, "prior_max_sizes": list(maxs)}, 3
+  )
+  want = models.default_prior_config(96)._replace(
+    min_sizes=mins, max_sizes=maxs
+  )
+  assert model.resolved_prior_config() == want
+  np.testing.assert_array_equal(model.priors(), db.default_boxes(*want))
+  assert model.priors().shape == models.SSD(3, image_size=96).priors().shape
+  bad = [
+    ({}, "needs model.prior_min_sizes and model.prior_max_sizes"),
+    (
+      {"prior_min_sizes": mins[:3], "prior_max_sizes": maxs[:3]},
+      r"one size per map \(4 maps",
+    ),
+    (
+      {"prior_min_sizes": (5.0, 12.0, 30.0, 0.0), "prior_max_sizes": maxs},
+      "model.prior_min_sizes must be > 0",
+    ),
+  ]
+  for fields, message in bad:
+    with pytest.raises(ValueError, match=message):
+      models.from_config(cfg | fields, 3)
+  # Sizes mean nothing for the named boxes; the zoo keeps its own boxes.
+  with pytest.raises(ValueError, match="with model.priors='fitted' only"):
+    models.from_config({"name": "ssd300", "prior_min_sizes": mins}, 3)
+  with pytest.raises(ValueError, match="model.priors='fitted'.*own default"):
+    models.from_config({"backbone": "resnet50", "priors": "fitted"}, 3)
+
+
 # --- Parameter trees and outputs recorded with the code before the split ----
 
 # name -> (model config, num_classes, whether to record a forward pass).

@@ -1,7 +1,7 @@
 """Tests for ssd_jax/predict.py: `--mode=predict` on files gives what the
-evaluator measured; output files; bad files reported, never fatal; EXIF
-orientation and large images; `expand_images`; the command line's exit
-status."""
+evaluator measured (with either config.eval.nms); output files; bad files
+reported, never fatal; EXIF orientation and large images; `expand_images`;
+the command line's exit status."""
 
 import json
 import os
@@ -109,6 +109,28 @@ def test_predict_images_writes_records_and_pictures(tmp_path):
   assert pic.size == (70, 50)  # Drawn on the original image.
   with pytest.raises(FileNotFoundError, match="no file matches"):
     predict.expand_images([str(tmp_path / "*.jpg")])
+
+
+def test_device_nms_predicts_the_host_records(tmp_path):
+  # Prediction decodes through `Evaluator.detect`: config.eval.nms "device"
+  # gives the records "host" gives (boxes to float rounding).
+  model, params = tiny_ssd(3)
+  paths = write_three_files(str(tmp_path / "in"))
+  records = {}
+  for nms in ("host", "device"):
+    config = eval_config({"source": "synthetic"}, batch_size=2, nms=nms)
+    ev = evaluator.Evaluator(model, config, ["cat", "dog"])
+    records[nms] = predict.predict_images(
+      ev, params, paths, str(tmp_path / nms), min_score=0.0
+    ).records
+  host, device = records["host"], records["device"]
+  assert len(device) == len(host) == 2  # b.jpg is truncated.
+  for d, h in zip(device, host, strict=True):
+    assert d["detections"] and len(d["detections"]) == len(h["detections"])
+    for a, b in zip(d["detections"], h["detections"], strict=True):
+      assert (a["label"], a["class"]) == (b["label"], b["class"])
+      assert a["score"] == pytest.approx(b["score"], abs=1e-6)
+      np.testing.assert_allclose(a["box"], b["box"], atol=0.0101)
 
 
 def test_min_score_filters_detections(tmp_path):

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import jax
+import numpy as np
 import pytest
 from absl import logging as absl_logging
 
@@ -84,8 +85,41 @@ def test_setup_single_process(monkeypatch):
   runtime.setup()  # Backends already run here: flags only warn.
   assert calls == []
   runtime.setup(False, "localhost:1234", 2, 0)
-  assert calls == [("localhost:1234", 2, 0)]
+  assert calls == [("localhost:1234", 2, 0, runtime.HEARTBEAT_TIMEOUT_S)]
   assert any(
     isinstance(f, runtime.QuietLibraries)
     for f in absl_logging.get_absl_handler().filters
   )
+
+
+def test_heartbeat_and_shutdown_timeouts_reach_jax(monkeypatch):
+  calls, updates = [], []
+  monkeypatch.setattr(
+    jax.distributed, "initialize", lambda **kw: calls.append(kw)
+  )
+  monkeypatch.setattr(jax.config, "update", lambda *a: updates.append(a))
+  runtime.initialize_distributed("localhost:1", 2, 1, heartbeat_timeout_s=7)
+  assert updates == [("jax_cpu_collectives_implementation", "gloo")]
+  assert calls == [
+    {
+      "coordinator_address": "localhost:1",
+      "num_processes": 2,
+      "process_id": 1,
+      "heartbeat_timeout_seconds": 7,
+      "shutdown_timeout_seconds": runtime.SHUTDOWN_TIMEOUT_S,
+    }
+  ]
+  # The default is bounded and shorter than JAX's own (100 s).
+  assert 0 < runtime.HEARTBEAT_TIMEOUT_S < 100
+
+
+def test_gather_rows_in_one_process_is_the_identity():
+  # The two-process case: tests/test_multihost.py.
+  arrays = {"a": np.arange(6.0).reshape(3, 2), "b": np.zeros(0, bool)}
+  out = runtime.gather_rows(arrays)
+  assert out.keys() == arrays.keys()
+  for k in arrays:
+    np.testing.assert_array_equal(out[k], arrays[k])
+    assert out[k].dtype == arrays[k].dtype
+  with pytest.raises(ValueError, match=r"gather_rows: 'x' has shape \(\)"):
+    runtime.gather_rows({"x": np.float32(1)})

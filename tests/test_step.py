@@ -298,3 +298,92 @@ def test_batch_norm_step_is_the_same_on_one_and_four_devices():
   # of all 8 images, as 1 x 8 does; parameters and running statistics agree
   # to float32 summation-order error.
   run_on_four_devices(_BN_FOUR_DEVICES)
+
+
+_MODES_ONE_TWO_FOUR = textwrap.dedent(
+  """
+  import os, sys
+  os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+  sys.path.insert(0, {tests!r})
+  import jax, numpy as np
+  assert jax.local_device_count() == 4, jax.devices()
+  import test_step as t
+  from ssd_jax import step
+  model, state, settings = t.bn_setup()
+  priors = np.asarray(model.priors())
+
+  def run(mode, d, steps=3):
+    par = step.Parallel.create(mode, jax.devices()[:d])
+    p_state, p_priors = par.put(state), par.put_broadcast(priors)
+    if mode == "shard_map":  # One global array per leaf, no device axis.
+      leaf = jax.tree.leaves(p_state.params)[0]
+      assert leaf.shape == jax.tree.leaves(state.params)[0].shape
+      assert leaf.sharding.is_fully_replicated
+      assert len(leaf.sharding.device_set) == d
+    for i in range(steps):
+      batch = jax.tree.map(
+        lambda x: x.reshape(d, 8 // d, *x.shape[1:]), t.tiny_batch(8, seed=i)
+      )
+      batch = par.put_batch(batch)
+      if mode == "shard_map":
+        assert batch["image"].shape == (8, 64, 64, 3)
+        assert len(batch["image"].addressable_shards) == d
+      p_state, metrics = par.step(p_state, batch, p_priors, settings)
+    return par.get(p_state), par.get(metrics)
+
+  ref, ref_metrics = run("pmap", 1)
+  assert int(ref.step) == 3
+  for d in (1, 2, 4):
+    s_pmap, m_pmap = run("pmap", d)
+    s_shard, m_shard = run("shard_map", d)
+    # The same body, the same collectives: bit-identical.
+    for a, b in zip(jax.tree.leaves(s_pmap), jax.tree.leaves(s_shard),
+                    strict=True):
+      np.testing.assert_array_equal(a, b)
+    for k in m_pmap:
+      np.testing.assert_array_equal(m_pmap[k], m_shard[k], err_msg=k)
+    # Against one device: float32 summation order only.
+    for a, b in zip(jax.tree.leaves(s_shard.params),
+                    jax.tree.leaves(ref.params), strict=True):
+      scale = np.abs(b).max() + 1e-6
+      assert np.abs(a - b).max() / scale < 1e-4, (d, np.abs(a - b).max())
+    np.testing.assert_allclose(m_shard["loss"], ref_metrics["loss"], rtol=1e-5)
+  print("OK")
+  """
+)
+
+
+@pytest.mark.slow
+def test_shard_map_step_equals_pmap_step_on_one_two_four_devices():
+  # The BatchNorm detector (synchronised statistics, the most collectives):
+  # 3 steps of the same global batches of 8 under both wrappers on 1, 2 and
+  # 4 fake CPU devices. pmap and shard_map agree bit for bit at each device
+  # count; every count agrees with 1 device to summation-order error.
+  run_on_four_devices(_MODES_ONE_TWO_FOUR)
+
+
+def test_parallel_modes_and_their_layouts():
+  with pytest.raises(ValueError, match=r"config.parallel must be one of"):
+    step.Parallel.create("pjit")
+  _, state, _ = bn_setup()  # Params and BatchNorm statistics.
+  batch = jax.tree.map(lambda x: x[None], tiny_batch(2))  # [1, 2, ...]
+  pmap = step.Parallel.create("pmap")
+  assert pmap.mesh is None and pmap.put_batch(batch).keys() == batch.keys()
+  assert pmap.put(state).step.shape == (1,)  # A leading device axis.
+  shard = step.Parallel.create("shard_map")
+  assert shard.mesh.axis_names == (step.AXIS,)
+  assert shard.mesh.devices.size == jax.device_count()
+  placed = shard.put(state)
+  assert placed.step.shape == () and placed.step.sharding.is_fully_replicated
+  images = shard.put_batch(batch)["image"]
+  assert images.shape == (2, 64, 64, 3)  # [D, b] -> one global batch axis.
+  np.testing.assert_array_equal(shard.get(images), batch["image"][0])
+  host = shard.get(placed)
+  assert isinstance(host.step, np.ndarray) and int(host.step) == 0
+  # Both read back the same host tree: what a checkpoint holds, so a run
+  # resumes under either mode (tests/test_multihost.py resumes one).
+  other = pmap.get(pmap.put(state))
+  assert jax.tree.structure(other) == jax.tree.structure(host)
+  for a, b in zip(jax.tree.leaves(other), jax.tree.leaves(host), strict=True):
+    assert type(a) is type(b) and a.dtype == b.dtype
+    np.testing.assert_array_equal(a, b)

@@ -17,6 +17,7 @@ from conftest import REPO, load_config
 from PIL import Image
 
 from ssd_jax import checkpoint as ckpt_lib
+from ssd_jax import default_boxes as db
 from ssd_jax import metrics_writer, models, optim, train
 from ssd_jax import step as step_lib
 
@@ -285,3 +286,161 @@ def test_restores_a_checkpoint_written_before_the_redesign(tmp_path):
   params = variables["params"]
   assert model2 == model and step == 2 and len(names) + 1 == 7
   assert jax.tree.structure(params) == jax.tree.structure(state.params)
+
+
+# --- Default boxes fitted at the start of training --------------------------
+
+
+def _fitted_config():
+  config = load_config("shapes", "small")  # 64 px: maps (8, 4, 2, 1).
+  config.model.priors = "fitted"
+  return config
+
+
+def test_fit_priors_stores_the_boxes_and_restore_params_reads_them(tmp_path):
+  workdir = str(tmp_path)
+  config = _fitted_config()
+  fitted = train.fit_priors(config, workdir)
+  stored = train.read_fitted_priors(workdir)
+  assert stored is not None and stored != models.default_prior_config(64)
+  assert fitted.model.prior_min_sizes == stored.min_sizes
+  assert fitted.model.prior_max_sizes == stored.max_sizes
+  assert not config.model.prior_min_sizes  # The caller's config is kept.
+  with open(os.path.join(workdir, train.DEFAULT_BOXES_FILE)) as f:
+    record = json.load(f)
+  assert record["coverage_after"] >= record["coverage_before"]
+  assert record["fitted_to"].endswith("boxes of split 'train'")
+  # A checkpoint of the fitted model, as training writes it.
+  model, _ = train.build(fitted, workdir)
+  tx, _ = optim.create_optimizer(config)
+  ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"))
+  ckpt.save(1, train.abstract_state(model, tx))
+  ckpt.close()
+  # Other data, or a config asking for other boxes: the stored boxes stay.
+  config.data.min_object_size = 0.4
+  assert train.fit_priors(config, workdir).model.prior_min_sizes == (
+    stored.min_sizes
+  )
+  for priors in ("fitted", "default"):
+    config.model.priors = priors
+    restored, _, _, step = train.restore_params(config, workdir)
+    assert step == 1
+    np.testing.assert_array_equal(restored.priors(), db.prior_boxes(stored))
+  # Without priors="fitted" nothing is fitted or written.
+  plain = load_config("shapes", "small")
+  assert train.fit_priors(plain, str(tmp_path / "plain")) is plain
+  assert train.read_fitted_priors(str(tmp_path / "plain")) is None
+
+
+def test_fitted_boxes_file_errors_name_the_file(tmp_path):
+  path = tmp_path / train.DEFAULT_BOXES_FILE
+  path.write_text('{"image_size": 64}')
+  with pytest.raises(ValueError, match="default_boxes.json: not a default"):
+    train.read_fitted_priors(str(tmp_path))
+  config = load_config("shapes", "small")
+  path.write_text(json.dumps(models.default_prior_config(96)._asdict()))
+  with pytest.raises(ValueError, match="default_boxes.json holds default"):
+    train.build(config, str(tmp_path))
+  # Sizes given in the config are stored as they are, not fitted.
+  config = _fitted_config()
+  config.model.prior_min_sizes = (4.0, 8.0, 20.0, 40.0)
+  config.model.prior_max_sizes = (8.0, 20.0, 40.0, 70.0)
+  train.fit_priors(config, str(tmp_path / "given"))
+  stored = train.read_fitted_priors(str(tmp_path / "given"))
+  assert stored.min_sizes == (4.0, 8.0, 20.0, 40.0)
+
+
+def test_train_and_evaluate_fits_before_building(tmp_path, monkeypatch):
+  seen = []
+
+  class Built(Exception):
+    pass
+
+  def build(config, workdir=None):
+    seen.append((config, workdir))
+    raise Built
+
+  monkeypatch.setattr(train, "build", build)
+  with pytest.raises(Built):
+    train.train_and_evaluate(_fitted_config(), str(tmp_path))
+  ((config, workdir),) = seen
+  assert workdir == str(tmp_path) and config.model.priors == "fitted"
+  stored = train.read_fitted_priors(workdir)
+  assert config.model.prior_min_sizes == stored.min_sizes
+
+
+def test_stop_request_agrees_every_few_steps_across_processes(monkeypatch):
+  # One process: a signal stops after the step in progress.
+  stop = train._StopRequest(every=3)
+  assert not stop.requested(1)
+  stop._handle(signal.SIGTERM, None)
+  assert stop.requested(1) and stop.requested(2)
+  # Several: only every 3rd step, and then whenever any process was
+  # signalled (the all-gathered flags; the real collective runs in
+  # tests/test_multihost.py).
+  gathered = []
+
+  def allgather(flag):
+    gathered.append(int(flag))
+    return np.asarray([0, int(flag)])  # This process's flag, and another's.
+
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  monkeypatch.setattr(train.multihost_utils, "process_allgather", allgather)
+  quiet, signalled = train._StopRequest(every=3), stop
+  assert [quiet.requested(s) for s in (1, 2, 3)] == [False] * 3
+  assert [signalled.requested(s) for s in (4, 5, 6)] == [False, False, True]
+  assert gathered == [0, 1]  # Steps 3 and 6 only.
+  assert train._StopRequest().every == train.STOP_AGREEMENT_EVERY
+
+
+@pytest.mark.slow
+def test_quick_recipe_chooses_once_and_eval_rebuilds_the_trained_model(
+  tmp_path,
+):
+  import minidata
+
+  from ssd_jax import recipe
+
+  minidata.write_vocdevkit(
+    str(tmp_path / "devkit"), years=("2007",), num_images=8, num_test=4
+  )
+
+  def config_for_folder():
+    config = load_config("voc_folder", "small")
+    assert config.recipe == "quick"
+    config.data.root = str(tmp_path / "devkit" / "VOC2007")
+    config.data.train_split, config.data.eval_split = "trainval", "test"
+    config.model.width = 0.125
+    config.batch_size = 4
+    config.eval.batch_size = 4
+    config.eval.num_pictures = 2
+    return config
+
+  config = config_for_folder()
+  config.num_steps = 2  # As --config.num_steps=2 would: kept.
+  config.eval_every = 0
+  config.model.image_size = 64  # Kept too (small: a fast test).
+  workdir = str(tmp_path / "run")
+  summary = train.train_and_evaluate(
+    config, workdir, fixed={"num_steps", "eval_every", "model.image_size"}
+  )
+  assert summary["step"] == 2
+  choices = {c.field: c for c in recipe.read(workdir)}
+  assert choices["num_steps"].value == 2
+  assert choices["eval_every"].value == 0
+  assert choices["model.priors"].value == "fitted"
+  size = choices["model.image_size"].value
+  assert size == 64  # Read back (source "workdir"); the file says why:
+  with open(os.path.join(workdir, recipe.RECIPE_FILE)) as f:
+    sources = {c["field"]: c["source"] for c in json.load(f)["choices"]}
+  assert sources["model.image_size"] == "command line"
+  assert sources["data.augment_config"] == "recipe"
+  assert os.path.exists(os.path.join(workdir, train.DEFAULT_BOXES_FILE))
+  # Eval / predict / export: the file config (96 px) is rebuilt at the size
+  # and with the boxes the run trained with.
+  model, _, _, step = train.restore_params(config_for_folder(), workdir)
+  assert step == 2 and model.image_size == size
+  fitted = train.read_fitted_priors(workdir)
+  np.testing.assert_allclose(
+    model.resolved_prior_config().min_sizes, fitted.min_sizes
+  )

@@ -281,12 +281,46 @@ def create_train_iterator(
   return ds.with_options(_options(data_cfg)).as_numpy_iterator()
 
 
-def create_eval_iterator(
-  data_cfg, *, image_size: int, batch_size: int, normalization: str = "caffe"
-) -> Iterator[dict]:
-  """The finite evaluation stream: every example once, in order.
+def shard_range(n: int, shard: tuple[int, int]) -> tuple[int, int]:
+  """The contiguous block [lo, hi) of n examples that shard (i, k) reads.
 
-  Not sharded over hosts or devices. The last batch is padded with zero
+  Blocks are balanced (sizes differ by at most one), in order, disjoint, and
+  together cover 0..n-1 exactly once, also when k does not divide n (a shard
+  may be empty when n < k).
+
+  Args:
+    n: number of examples.
+    shard: (index i, count k), 0 <= i < k.
+
+  Returns:
+    (lo, hi) with lo = i * n // k, hi = (i + 1) * n // k.
+
+  Raises:
+    ValueError: for a count < 1 or an index outside 0..count-1.
+  """
+  index, count = shard
+  if count < 1 or not 0 <= index < count:
+    raise ValueError(
+      f"shard {shard}: expected (index, count), 0 <= index < count"
+    )
+  return index * n // count, (index + 1) * n // count
+
+
+def create_eval_iterator(
+  data_cfg,
+  *,
+  image_size: int,
+  batch_size: int,
+  normalization: str = "caffe",
+  shard: tuple[int, int] = (0, 1),
+) -> Iterator[dict]:
+  """The finite evaluation stream: every example of a shard once, in order.
+
+  Shard (i, k) reads the i-th of k contiguous blocks of the split
+  (`shard_range`): for multi-host evaluation, `(jax.process_index(),
+  jax.process_count())` gives each host its own images, every image on
+  exactly one host. The default (0, 1) reads the whole split. Batches are
+  not split over devices. The last batch is padded with zero
   examples marked invalid. Each image goes through `eval_inputs`. Boxes keep
   their normalised coordinates (a resize does not change them);
   `original_size` maps them back to pixels
@@ -299,13 +333,18 @@ def create_eval_iterator(
     image_size: model input side.
     batch_size: images per batch.
     normalization: the model's input normalisation (see `eval_inputs`).
+    shard: (index, count) of the block to read (see above).
 
   Returns:
     Iterator of numpy dicts: "image" float32 [B, H, W, 3] normalised,
     "boxes" float32 [B, M, 4],
     "labels" int32 [B, M] (0 = padding), "difficult" and "is_crowd" bool
     [B, M], "num_boxes" int32 [B] (before cutting to M), "image_id" str [B]
-    ("" for padding), "original_size" int32 [B, 2] (h, w), "valid" bool [B].
+    ("" for padding), "original_size" int32 [B, 2] (h, w), "index" int64
+    [B] (position in the whole split; 0 for padding), "valid" bool [B].
+
+  Raises:
+    ValueError: for a batch size < 1 or a bad shard.
   """
   configure_tensorflow()
   if batch_size <= 0:
@@ -313,8 +352,9 @@ def create_eval_iterator(
   max_boxes = int(dataset.field(data_cfg, "max_boxes", 100))
   max_boxes = int(dataset.field(data_cfg, "eval_max_boxes", max_boxes))
 
-  def process(ex):
+  def process(index, ex):
     return {
+      "index": index,
       "image": eval_inputs(ex["image"], image_size, normalization),
       "boxes": _pad(tf.reshape(ex["boxes"], [-1, 4]), max_boxes),
       "labels": _pad(tf.cast(ex["labels"], tf.int32), max_boxes),
@@ -328,16 +368,21 @@ def create_eval_iterator(
   parallel = dataset.field(data_cfg, "num_parallel_calls", tf.data.AUTOTUNE)
   if dataset.is_table(data_cfg):
     n, lookup = dataset.table_lookup(dataset.table(data_cfg, train=False))
-    ds = tf.data.Dataset.range(n).map(
-      _plain(lambda i: process(lookup(i))), num_parallel_calls=parallel
+    lo, hi = shard_range(n, shard)
+    ds = tf.data.Dataset.range(lo, hi).map(
+      _plain(lambda i: process(i, lookup(i))), num_parallel_calls=parallel
     )
   else:
     parts, decode = dataset.tfds_parts(data_cfg, train=False)
     raw = parts[0]
     for other in parts[1:]:
       raw = raw.concatenate(other)
+    raw = raw.enumerate()
+    if shard[1] > 1:  # Skipped records are read, not decoded.
+      lo, hi = shard_range(sources.dataset_size(raw), shard)
+      raw = raw.skip(lo).take(hi - lo)
     ds = raw.map(
-      _plain(lambda r: process(decode(r))), num_parallel_calls=parallel
+      _plain(lambda i, r: process(i, decode(r))), num_parallel_calls=parallel
     )
   ds = ds.batch(batch_size).prefetch(2).with_options(_options(data_cfg))
   return _padded_batches(ds.as_numpy_iterator(), batch_size, max_boxes)

@@ -219,6 +219,8 @@ SSD512 = functools.partial(SSD, image_size=512)
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 BACKBONES = ("vgg16", "resnet50", "mobilenet_v3_large")
 _FIXED_SIZES = {"ssd300": 300, "ssd512": 512}
+# The pixel sizes of model.priors="fitted" (`default_boxes.fit_prior_config`).
+_PRIOR_SIZES = ("prior_min_sizes", "prior_max_sizes")
 
 
 def from_config(model_cfg: Any, num_classes: int) -> Any:
@@ -239,7 +241,10 @@ def from_config(model_cfg: Any, num_classes: int) -> Any:
       "float32") and `priors` (a name of `default_boxes.NAMED_PRIORS`:
       "default": the release's VOC sizes or the paper's rule; "coco": the
       release's COCO sizes, SSD300/SSD512 only; "torchvision": the default
-      boxes of torchvision's COCO SSD300, for imported torchvision weights),
+      boxes of torchvision's COCO SSD300, for imported torchvision weights;
+      "fitted": the "default" grid, maps, steps and ratios with the sizes
+      `prior_min_sizes` / `prior_max_sizes`, tuples of one pixel size per
+      map chosen by `default_boxes.fit_prior_config`; VGG models only),
       and `cpu_fast_ops` ("auto" | "true" | "false" or a bool, default
       "auto": on when JAX's default backend is the CPU; selects the
       CPU-friendly max-pool gradient, `cpu_ops.max_pool`).
@@ -267,6 +272,12 @@ def from_config(model_cfg: Any, num_classes: int) -> Any:
     raise ValueError(
       f"num_classes must be >= 2 (background + 1); got {num_classes}"
     )
+  sized = [f for f in _PRIOR_SIZES if cfg.get(f)]
+  if sized and cfg.get("priors", "default") != "fitted":
+    raise ValueError(
+      f"model.{sized[0]} is used with model.priors='fitted' only; got "
+      f"model.priors={cfg.get('priors', 'default')!r}"
+    )
   if backbone != "vgg16":
     return _zoo_model(backbone, cfg, num_classes)
   name = cfg.get("name", "ssd")
@@ -290,6 +301,9 @@ def from_config(model_cfg: Any, num_classes: int) -> Any:
       f"model.priors={priors!r} exists for image sizes "
       f"{sorted(by_size)}, not model.image_size={image_size}"
     )
+  prior_config = by_size and by_size[int(image_size)]
+  if priors == "fitted":
+    prior_config = _fitted_prior_config(cfg, int(image_size))
   fast = str(cfg.get("cpu_fast_ops", "auto")).lower()
   if fast not in ("true", "false", "auto"):
     raise ValueError(
@@ -304,8 +318,40 @@ def from_config(model_cfg: Any, num_classes: int) -> Any:
     width=float(cfg.get("width", 1.0)),
     dtype=_DTYPES[cfg.get("dtype", "float32")],
     param_dtype=_DTYPES[cfg.get("param_dtype", "float32")],
-    prior_config=by_size and by_size[int(image_size)],
+    prior_config=prior_config,
   )
+
+
+def _fitted_prior_config(cfg: dict, image_size: int) -> PriorConfig:
+  """`default_prior_config` with the config's fitted sizes (priors="fitted").
+
+  Raises:
+    ValueError: naming `model.prior_min_sizes` / `model.prior_max_sizes`
+      when they are unset or not one positive size per map.
+  """
+  base = default_prior_config(image_size)
+  mins = tuple(float(s) for s in cfg.get("prior_min_sizes") or ())
+  maxs = tuple(float(s) for s in cfg.get("prior_max_sizes") or ())
+  n = len(base.feature_sizes)
+  if not mins and not maxs:
+    raise ValueError(
+      "model.priors='fitted' needs model.prior_min_sizes and "
+      "model.prior_max_sizes: training fits them to the data and stores them "
+      "in <workdir>/default_boxes.json (train.fit_priors); evaluate with the "
+      "training --workdir, or set them"
+    )
+  if len(mins) != n or len(maxs) != n:
+    raise ValueError(
+      f"model.prior_min_sizes and model.prior_max_sizes need one size per "
+      f"map ({n} maps at model.image_size={image_size}); got {len(mins)} "
+      f"and {len(maxs)}"
+    )
+  if not all(0 < lo <= hi for lo, hi in zip(mins, maxs, strict=True)):
+    raise ValueError(
+      "model.prior_min_sizes must be > 0 and <= model.prior_max_sizes; got "
+      f"{mins} and {maxs}"
+    )
+  return base._replace(min_sizes=mins, max_sizes=maxs)
 
 
 def _zoo_model(backbone: str, cfg: dict, num_classes: int) -> Any:

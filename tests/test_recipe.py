@@ -1,0 +1,173 @@
+"""Tests for ssd_jax.recipe: the quick recipe's choices, kept and stored."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from ssd_jax import analyze, recipe
+from ssd_jax import config as config_lib
+
+
+def _stats(sizes, image_hw=(160, 160), num_images=None, seed=0):
+  """DatasetStats of square boxes with these sqrt(w h) sizes."""
+  rng = np.random.default_rng(seed)
+  sizes = np.asarray(sizes, np.float32)
+  x0 = rng.uniform(0, 1 - sizes)
+  y0 = rng.uniform(0, 1 - sizes)
+  boxes = np.stack([x0, y0, x0 + sizes, y0 + sizes], 1).astype(np.float32)
+  n = num_images or max(1, len(sizes) // 2)
+  return analyze.DatasetStats(
+    num_images=n,
+    image_sizes=np.tile(np.asarray(image_hw, np.int32), (n, 1)),
+    boxes=boxes,
+    labels=np.ones(len(sizes), np.int32),
+    image_index=(np.arange(len(sizes)) % n).astype(np.int32),
+    class_names=("a",),
+    difficult=np.zeros(len(sizes), bool),
+  )
+
+
+def _config():
+  config = config_lib.config_from_file("configs/voc_folder.py", "small")
+  config.data.root = "/nonexistent"
+  return config
+
+
+def _by_field(choices):
+  return {c.field: c for c in choices}
+
+
+def test_image_size_follows_the_small_objects_and_the_images():
+  config = _config()
+  rng = np.random.default_rng(1)
+  small = _stats(rng.uniform(0.06, 0.3, 400), image_hw=(480, 640))
+  large = _stats(rng.uniform(0.3, 0.8, 400), image_hw=(480, 640))
+  tiny_images = _stats(rng.uniform(0.05, 0.3, 400), image_hw=(120, 100))
+  size = {
+    name: _by_field(recipe.choose(s, config))["model.image_size"].value
+    for name, s in [("small", small), ("large", large), ("tiny", tiny_images)]
+  }
+  for value in size.values():
+    assert value % 32 == 0 and recipe.MIN_SIZE <= value <= recipe.MAX_SIZE
+  # The 10th percentile of U(0.06, 0.3) is 0.084: 12 / 0.084 = 143 -> 160.
+  assert size["small"] == 160
+  assert size["large"] == recipe.MIN_SIZE
+  # 120 px images are not upsampled beyond their own size (rounded to 32).
+  assert size["tiny"] == 128
+
+
+def test_schedule_is_in_epochs_and_bounded():
+  config = _config()
+  sizes = np.full(800, 0.3)
+  few = _by_field(recipe.choose(_stats(sizes, num_images=100), config))
+  many = _by_field(recipe.choose(_stats(sizes, num_images=8000), config))
+  assert "60 epochs" in few["num_steps"].reason  # MAX_EPOCHS
+  assert few["num_steps"].value == -(-60 * 100 // config.batch_size)  # ceil
+  assert "8 epochs" in many["num_steps"].reason  # MIN_EPOCHS
+  assert many["num_steps"].value == 8 * 8000 // config.batch_size
+  for c in (few, many):
+    steps = c["num_steps"].value
+    assert 1 <= c["warmup_steps"].value < steps
+    assert c["lr_schedule"].value == "piecewise"
+    assert c["lr_boundaries"].value == (int(0.75 * steps), int(0.92 * steps))
+    assert steps % c["eval_every"].value < c["eval_every"].value
+
+
+def test_augmentation_scales_with_object_size():
+  config = _config()
+  small = _by_field(recipe.choose(_stats(np.full(100, 0.06)), config))
+  big = _by_field(recipe.choose(_stats(np.full(100, 0.6)), config))
+  aug_small = small["data.augment_config"].value
+  aug_big = big["data.augment_config"].value
+  size = small["model.image_size"].value
+  # Small objects: no zoom-out (it would take them below 16 px).
+  assert aug_small["expand_prob"] == 0.0
+  assert (
+    0.06 * size / aug_small["max_expand_ratio"]
+    >= (recipe.MIN_ZOOMED_PIXELS - 1e-6)
+    or aug_small["max_expand_ratio"] == 1.0
+  )
+  # Large ones: zoom-out, never below MIN_ZOOMED_PIXELS, at most 4x.
+  big_size = big["model.image_size"].value
+  ratio = aug_big["max_expand_ratio"]
+  assert aug_big["expand_prob"] == 0.5 and 1.25 <= ratio <= 4.0
+  assert 0.6 * big_size / ratio >= recipe.MIN_ZOOMED_PIXELS
+  for aug in (aug_small, aug_big):  # No IoU crops in the quick recipe.
+    assert aug["min_ious"] == () and aug["min_scale"] == 1.0
+
+
+def test_no_boxes_is_an_error():
+  stats = _stats([], num_images=3)
+  with pytest.raises(ValueError, match="config.recipe='none'"):
+    recipe.choose(stats, _config())
+
+
+def test_resolve_keeps_command_line_fields_and_stores_choices(tmp_path):
+  config = _config()
+  config.model.image_size = 128  # As --config.model.image_size=128 sets it.
+  stats = _stats(np.full(100, 0.06))
+  workdir = str(tmp_path)
+  resolved, choices = recipe.resolve(
+    config, workdir, fixed={"model.image_size"}, stats=stats
+  )
+  by = _by_field(choices)
+  assert by["model.image_size"].source == "command line"
+  assert resolved.model.image_size == 128
+  assert resolved.model.priors == "fitted"
+  assert resolved.num_steps == by["num_steps"].value
+  # Merged into the config's own augmentation settings.
+  assert resolved.data.augment_config["min_scale"] == 1.0
+  assert "flip_prob" not in resolved.data.augment_config  # The default.
+  stored = json.load(open(os.path.join(workdir, recipe.RECIPE_FILE)))
+  assert [c["field"] for c in stored["choices"]] == [c.field for c in choices]
+  # A resume (or eval) reads the workdir's choices, not the data.
+  again, read_back = recipe.resolve(_config(), workdir, stats=None)
+  assert {c.source for c in read_back} == {"workdir"}
+  assert again.model.image_size == 128
+  assert again.data.augment_config == resolved.data.augment_config
+  assert again.num_steps == resolved.num_steps
+  text = recipe.format_choices(choices)
+  for c in choices:
+    assert c.field in text
+
+
+def test_resolve_without_recipe_is_the_config(tmp_path):
+  config = config_lib.config_from_file("configs/shapes.py")
+  assert config.recipe == "none"
+  resolved, choices = recipe.resolve(config, str(tmp_path))
+  assert resolved is config and choices == []
+  assert not os.listdir(tmp_path)
+
+
+def test_unreadable_recipe_file_names_it(tmp_path):
+  (tmp_path / recipe.RECIPE_FILE).write_text("{not json")
+  with pytest.raises(ValueError, match="recipe.json"):
+    recipe.read(str(tmp_path))
+
+
+def test_eval_of_a_workdir_without_recipe_file_chooses_nothing(tmp_path):
+  # A run trained with recipe "none", evaluated with a quick-recipe config:
+  # the model is rebuilt as it was trained, and the workdir is not written.
+  config = _config()
+  resolved, choices = recipe.resolve(
+    config, str(tmp_path), stats=_stats(np.full(10, 0.1)), choose_new=False
+  )
+  assert resolved is config and choices == []
+  assert not os.listdir(tmp_path)
+
+
+def test_fixed_fields_feed_the_derived_choices():
+  config = _config()
+  config.model.image_size = 192
+  config.num_steps = 90
+  stats = _stats(np.full(100, 0.2), num_images=400)
+  by = _by_field(
+    recipe.choose(stats, config, fixed={"model.image_size", "num_steps"})
+  )
+  assert by["num_steps"].value == 90 and by["num_steps"].source != "recipe"
+  assert by["warmup_steps"].value == 4  # 5% of 90
+  assert by["eval_every"].value == 45
+  # Zoom-out follows the fixed size: 0.2 * 192 / 16 = 2.4 -> 2.25 (0.25s).
+  assert by["data.augment_config"].value["max_expand_ratio"] == 2.25
