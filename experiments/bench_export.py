@@ -24,7 +24,7 @@ before JAX starts). The ratio column is torchvision's seconds per batch
 over the row's (> 1: faster than torchvision). Results go to stdout and to
 `--output` (default experiments/results/bench_export_cpu_<date>.txt).
 
-  PYTHONPATH=/work/torchsite python experiments/bench_export.py
+  PYTHONPATH=DIR python experiments/bench_export.py  # torch installed in DIR
   python experiments/bench_export.py --width 0.125 --image-size 64 \
     --batches 1,2 --repeats 1 --no-torch --output /tmp/b.txt  # smoke
 """

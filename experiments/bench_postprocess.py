@@ -26,9 +26,9 @@ VOC07-test size 678 -> 674. Peer (PERF_NOTES.md, torchvision): postprocess
 On-device NMS (issue 14): the jitted
 `device_postprocess.decode_detections_device` on a batch of `--batch`
 images (device_get of the padded result included) against the host's
-`decode_detections_batch` and, where torch imports
-(e.g. installed aside with `pip install --target DIR` and `PYTHONPATH=DIR`), torchvision's postprocess of the same
-outputs (decode, per-class threshold and top-k, `torchvision.ops.batched_nms`,
+`decode_detections_batch` and, where torch imports (e.g. installed aside
+with `pip install --target DIR` and `PYTHONPATH=DIR`), torchvision's
+postprocess of the same outputs (decode, per-class threshold and top-k, `torchvision.ops.batched_nms`,
 the best `max_detections`; torchvision's SSD `postprocess_detections` minus
 its clip), per image; and the bare NMS on the realistic case's thresholded
 candidates: host `batched_nms`, `device_postprocess.greedy_nms` (jitted),
