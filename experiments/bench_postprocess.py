@@ -28,8 +28,8 @@ On-device NMS (issue 14): the jitted
 images (device_get of the padded result included) against the host's
 `decode_detections_batch` and, where torch imports (e.g. installed aside
 with `pip install --target DIR` and `PYTHONPATH=DIR`), torchvision's
-postprocess of the same outputs (decode, per-class threshold and top-k, `torchvision.ops.batched_nms`,
-the best `max_detections`; torchvision's SSD `postprocess_detections` minus
+postprocess of the same outputs (decode, per-class threshold and top-k,
+`torchvision.ops.batched_nms`, the best `max_detections`; torchvision's SSD `postprocess_detections` minus
 its clip), per image; and the bare NMS on the realistic case's thresholded
 candidates: host `batched_nms`, `device_postprocess.greedy_nms` (jitted),
 torchvision's `batched_nms`. Ratios are to the host (< 1: faster).
