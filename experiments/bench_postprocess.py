@@ -29,10 +29,11 @@ images (device_get of the padded result included) against the host's
 `decode_detections_batch` and, where torch imports (e.g. installed aside
 with `pip install --target DIR` and `PYTHONPATH=DIR`), torchvision's
 postprocess of the same outputs (decode, per-class threshold and top-k,
-`torchvision.ops.batched_nms`, the best `max_detections`; torchvision's SSD `postprocess_detections` minus
-its clip), per image; and the bare NMS on the realistic case's thresholded
-candidates: host `batched_nms`, `device_postprocess.greedy_nms` (jitted),
-torchvision's `batched_nms`. Ratios are to the host (< 1: faster).
+`torchvision.ops.batched_nms`, the best `max_detections`; torchvision's
+SSD `postprocess_detections` minus its clip), per image; and the bare NMS
+on the realistic case's thresholded candidates: host `batched_nms`,
+`device_postprocess.greedy_nms` (jitted), torchvision's `batched_nms`.
+Ratios are to the host (< 1: faster).
 
 `--detect` adds end-to-end rows: `ssd_jax.detect.detect` (jitted: resize
 and normalise uint8 375x500 images, SSD300 VGG16 at `--detect-width`,
