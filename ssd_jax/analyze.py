@@ -20,6 +20,10 @@ fractions of the input side, and its aspect ratio in the input is
 buckets (`SIZE_BUCKETS`) are < 0.1, 0.1-0.2, 0.2-0.4 and >= 0.4 of the
 input side (at 300 px: below 30 px, 30-60, 60-120, 120 and more).
 
+With `config.recipe = "quick"` (`configs/voc_folder.py:small`) the command
+line first applies the recipe's choices as training would (the input size
+above all), and prints them, so the analysis is of the run to come.
+
 The statistics read a split's records only (annotations, no pixels, no
 tf.data pipeline, no augmentation): the table routes of `data.dataset`
 (synthetic, VOC folders, a VOCdevkit, a COCO folder); tfds is not read.
@@ -567,6 +571,26 @@ def run(
   return result
 
 
+def _with_recipe(
+  config: ml_collections.ConfigDict,
+) -> ml_collections.ConfigDict:
+  """The command line's config with its quick recipe applied, as training
+  would apply it (`ssd_jax.recipe`; fields set on the command line kept),
+  so the analysis is of the input size and boxes the run will train with."""
+  if config.get("recipe", "none") == "none":
+    return config
+  from absl import flags
+  from ml_collections import config_flags
+
+  from ssd_jax import recipe  # Imports this module: not at the top.
+
+  fixed = set(config_flags.get_override_values(flags.FLAGS["config"]))
+  config_lib.validate_config(config, num_devices=1)
+  choices = recipe.choose(dataset_stats(config.data, "train"), config, fixed)
+  print(recipe.format_choices(choices))
+  return recipe.apply(config, choices)
+
+
 def main(argv: Sequence[str]) -> int:
   """The command line (see the module docstring); exit 2 on missing data."""
   from absl import flags
@@ -578,7 +602,8 @@ def main(argv: Sequence[str]) -> int:
     return 2
   FLAGS = flags.FLAGS
   try:
-    result = run(FLAGS.config, FLAGS.workdir, FLAGS.split)
+    config = _with_recipe(FLAGS.config)
+    result = run(config, FLAGS.workdir, FLAGS.split)
   except (DataNotFoundError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

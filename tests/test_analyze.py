@@ -230,6 +230,11 @@ def test_command_line(voc_folder, tmp_path):
   )
   assert out.returncode == 0, out.stderr[-3000:]
   assert "prior coverage" in out.stdout and "analysis.json" in out.stdout
+  # :small runs the quick recipe: the analysis is at its input size.
+  assert "quick recipe" in out.stdout and "model.image_size = " in out.stdout
+  with open(tmp_path / "analysis.json") as f:
+    size = json.load(f)["image_size"]
+  assert f"model.image_size = {size} " in out.stdout
   assert os.path.isfile(tmp_path / "analysis" / "coverage_by_size.png")
   missing = subprocess.run(
     [*command, f"--config.data.root={tmp_path / 'none'}"],
