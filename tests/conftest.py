@@ -81,6 +81,17 @@ def mock_tfds():
   return mocked
 
 
+def ref_iou(a, b) -> float:
+  """IoU of two corner boxes, written out (independent of ssd_jax.boxes):
+  the slow reference of the coverage tests (test_analyze, test_default_boxes).
+  """
+  iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+  ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+  inter = iw * ih
+  union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+  return inter / union if union > 0 else 0.0
+
+
 def load_config(name: str, arg: str | None = None):
   """configs/NAME.py's `get_config(arg)`, as `--config=configs/NAME.py:arg`."""
   return config_lib.config_from_file(str(REPO / "configs" / f"{name}.py"), arg)

@@ -9,20 +9,11 @@ import sys
 import minidata
 import numpy as np
 import pytest
-from conftest import REPO, load_config
+from conftest import REPO, load_config, ref_iou
 from PIL import Image
 
 from ssd_jax import analyze, models
 from ssd_jax import default_boxes as db
-
-
-def _ref_iou(a, b):
-  """IoU of two corner boxes, written out (independent of ssd_jax.boxes)."""
-  iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-  ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-  inter = iw * ih
-  union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-  return inter / union if union > 0 else 0.0
 
 
 def _ref_report(gt, labels, priors, threshold):
@@ -30,7 +21,7 @@ def _ref_report(gt, labels, priors, threshold):
   rows = []
   for g in gt:
     ious = [
-      _ref_iou(g, (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2))
+      ref_iou(g, (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2))
       for cx, cy, w, h in priors
     ]
     best = max(ious, default=0.0)

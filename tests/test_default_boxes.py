@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import ref_iou
 
 from ssd_jax import default_boxes as db
 
@@ -225,21 +226,12 @@ def test_paper_sizes_rejects_non_finite_scales_and_sizes():
 # --- Coverage of boxes and default boxes fitted to them ---------------------
 
 
-def _ref_iou(a, b):
-  """IoU of two corner boxes, written out (independent of ssd_jax.boxes)."""
-  iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-  ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-  inter = iw * ih
-  union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-  return inter / union if union > 0 else 0.0
-
-
 def _ref_coverage(gt, priors, threshold):
   """Per box: best IoU and the matcher's positives, by a slow loop."""
   best, positives = [], []
   for g in gt:
     ious = [
-      _ref_iou(g, (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2))
+      ref_iou(g, (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2))
       for cx, cy, w, h in priors
     ]
     above = sum(i >= threshold for i in ious)
