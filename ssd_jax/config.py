@@ -100,6 +100,9 @@ def base_config() -> ml_collections.ConfigDict:
       # (NVIDIA's SSD300 v1.1) or "mobilenet_v3_large" (torchvision's
       # SSDLite); see `ssd_jax.models.from_config`.
       "backbone": "vgg16",
+      # VGG models: a BatchNorm after every trunk and extra-block
+      # convolution (trains from scratch far faster; `models.SSD`).
+      "batch_norm": False,
       # BatchNorm models: use the running statistics in training, no
       # updates (for small per-device batches).
       "freeze_batch_norm": False,

@@ -76,3 +76,50 @@ def test_trunk_layer_names_and_shapes():
   assert params["conv1_1"]["kernel"].shape == (3, 3, 3, 64)
   assert params["fc6"]["kernel"].shape == (3, 3, 512, 1024)
   assert params["fc7"]["kernel"].shape == (1, 1, 1024, 1024)
+
+
+def test_batch_norm_trunk_has_a_batch_norm_after_every_conv():
+  x = jnp.zeros((1, 32, 32, 3))
+  variables = jax.eval_shape(
+    vgg.VGG16(width=1 / 16, batch_norm=True).init, jax.random.key(0), x
+  )
+  names = [n for stage in vgg.VGG16_STAGES for n, _ in stage] + ["fc6", "fc7"]
+  want = [p for n in names for p in (n, f"{n}_bn")]
+  assert list(variables["params"]) == want
+  assert list(variables["batch_stats"]) == [f"{n}_bn" for n in names]
+  for n, channels in [("conv1_1", 4), ("conv4_3", 32), ("fc7", 64)]:
+    assert variables["params"][n]["bias"].shape == (channels,)  # kept
+    assert variables["params"][f"{n}_bn"]["scale"].shape == (channels,)
+    assert variables["batch_stats"][f"{n}_bn"]["var"].shape == (channels,)
+
+
+def test_batch_norm_trunk_normalises_with_the_batch_in_training():
+  # In training every pre-ReLU map has zero mean and unit variance per
+  # channel over the batch (BN scale 1, bias 0 at init): after the ReLU of a
+  # standard normal, the mean is 1/sqrt(2 pi) wherever the channel is not
+  # constant. Evaluation reads the fresh running statistics (0, 1) instead.
+  x = 50.0 * jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
+  trunk = vgg.VGG16(width=1 / 16, batch_norm=True)
+  variables = trunk.init(jax.random.key(1), x)
+  (conv4_3, _), _ = trunk.apply(
+    variables, x, train=True, mutable=["batch_stats"]
+  )
+  mean = np.asarray(conv4_3).mean((0, 1, 2))
+  np.testing.assert_allclose(mean, 1 / np.sqrt(2 * np.pi), atol=0.12)
+  conv4_3_eval, _ = trunk.apply(variables, x)
+  eval_mean = np.asarray(conv4_3_eval).mean((0, 1, 2))
+  assert np.abs(eval_mean - 1 / np.sqrt(2 * np.pi)).max() > 0.12
+
+
+def test_batch_norm_backbone_passes_train_through():
+  x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+  backbone = vgg.VGG16Backbone(width=1 / 16, batch_norm=True)
+  variables = backbone.init(jax.random.key(1), x)
+  train, updates = backbone.apply(
+    variables, x, train=True, mutable=["batch_stats"]
+  )
+  evaluation = backbone.apply(variables, x)
+  assert set(updates["batch_stats"]["vgg"]) == set(
+    variables["batch_stats"]["vgg"]
+  )
+  assert not np.allclose(train[1], evaluation[1])

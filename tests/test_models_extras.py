@@ -77,3 +77,25 @@ def test_layers_compute_the_blocks_in_order():
     "conv12_1",
     "conv12_2",
   ]
+
+
+def test_layers_with_batch_norm_normalise_every_conv():
+  blocks = (extras.ExtraBlock(8, 16, 3, 2, 1), extras.ExtraBlock(4, 8, 3, 1, 0))
+  layer = extras.ExtraLayers(blocks, batch_norm=True)
+  x = 5.0 + 3.0 * jax.random.normal(jax.random.key(0), (4, 7, 7, 6))
+  variables = layer.init(jax.random.key(1), x)
+  convs = ["conv8_1", "conv8_2", "conv9_1", "conv9_2"]
+  assert list(variables["params"]) == [p for n in convs for p in (n, f"{n}_bn")]
+  assert list(variables["batch_stats"]) == [f"{n}_bn" for n in convs]
+  maps, updates = layer.apply(variables, x, train=True, mutable=["batch_stats"])
+  assert [m.shape for m in maps] == [(4, 4, 4, 16), (4, 2, 2, 8)]
+  # Training normalises conv8_1 with the batch's statistics: its running
+  # mean moves by (1 - 0.9) of the batch mean of x @ kernel + bias.
+  p = variables["params"]["conv8_1"]
+  y = np.einsum("bhwc,co->bhwo", np.asarray(x), np.asarray(p["kernel"][0, 0]))
+  np.testing.assert_allclose(
+    updates["batch_stats"]["conv8_1_bn"]["mean"],
+    0.1 * (y.mean((0, 1, 2)) + np.asarray(p["bias"])),
+    rtol=1e-4,
+    atol=1e-4,
+  )

@@ -3,6 +3,7 @@
 import math
 import re
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -342,3 +343,72 @@ def test_depthwise_conv_by_shifts_equals_grouped_conv(k, stride, pad):
     feature_group_count=2,
   )  # fmt: skip
   assert out.shape[-1] == 6
+
+
+class _ConvRelu(nn.Module):
+  """`layers.conv_relu` in a compact module, for the tests."""
+
+  batch_norm_after: bool
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    return layers.conv_relu(
+      x,
+      5,
+      3,
+      "conv1",
+      stride=2,
+      padding=1,
+      train=train,
+      batch_norm_after=self.batch_norm_after,
+      **F32,
+    )
+
+
+def test_conv_relu_without_batch_norm_is_relu_of_the_conv():
+  x = jax.random.normal(jax.random.key(0), (2, 9, 8, 3))
+  layer = _ConvRelu(batch_norm_after=False)
+  variables = layer.init(jax.random.key(1), x)
+  assert set(variables) == {"params"} and set(variables["params"]) == {"conv1"}
+  p = variables["params"]["conv1"]
+  p["bias"] = jnp.asarray(np.random.default_rng(0).normal(0, 0.5, 5))
+  want = np.maximum(numpy_conv(x, p["kernel"], 2, 1) + np.asarray(p["bias"]), 0)
+  got = layer.apply(variables, x, train=True)  # train changes nothing
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_relu_with_batch_norm_is_conv_bias_bn_relu():
+  # torchvision's vgg16_bn layout: the convolution keeps its bias, then
+  # BatchNorm `<name>_bn`, then ReLU.
+  x = jax.random.normal(jax.random.key(0), (2, 9, 8, 3))
+  layer = _ConvRelu(batch_norm_after=True)
+  variables = layer.init(jax.random.key(1), x)
+  assert set(variables["params"]) == {"conv1", "conv1_bn"}
+  assert set(variables["batch_stats"]) == {"conv1_bn"}
+  rng = np.random.default_rng(0)
+  params, stats = variables["params"], variables["batch_stats"]
+  params["conv1"]["bias"] = jnp.asarray(rng.normal(0, 0.5, 5), jnp.float32)
+  params["conv1_bn"]["scale"] = jnp.asarray(rng.uniform(0.5, 1.5, 5))
+  params["conv1_bn"]["bias"] = jnp.asarray(rng.normal(0, 0.3, 5))
+  stats["conv1_bn"]["mean"] = jnp.asarray(rng.normal(0, 0.3, 5))
+  stats["conv1_bn"]["var"] = jnp.asarray(rng.uniform(0.5, 2.0, 5))
+  y = numpy_conv(x, params["conv1"]["kernel"], 2, 1)
+  y = y + np.asarray(params["conv1"]["bias"], np.float64)
+  bn = {k: np.asarray(v, np.float64) for k, v in params["conv1_bn"].items()}
+
+  def reference(mean, var):
+    return np.maximum(
+      (y - mean) / np.sqrt(var + 1e-5) * bn["scale"] + bn["bias"], 0
+    )
+
+  got = layer.apply(variables, x)  # evaluation: the running statistics
+  want = reference(*(np.asarray(stats["conv1_bn"][k]) for k in ("mean", "var")))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  got, updates = layer.apply(
+    variables, x, train=True, mutable=["batch_stats"]
+  )  # training: the batch's statistics (biased variance, as flax)
+  want = reference(y.mean((0, 1, 2)), y.var((0, 1, 2)))
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+  assert not np.allclose(
+    updates["batch_stats"]["conv1_bn"]["mean"], stats["conv1_bn"]["mean"]
+  )

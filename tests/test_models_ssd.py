@@ -582,3 +582,30 @@ def test_from_config_builds_the_zoo_by_backbone():
     models.from_config({**base, "backbone": "resnet18"}, 5)
   with pytest.raises(ValueError, match="brings its own default boxes"):
     models.from_config({"backbone": "resnet50", "priors": "coco"}, 81)
+
+
+def test_from_config_batch_norm_vgg():
+  base = {"name": "ssd", "image_size": 96, "width": 0.125}
+  model = models.from_config({**base, "batch_norm": True}, 5)
+  assert isinstance(model, models.SSD) and model.batch_norm
+  x = jax.random.normal(jax.random.key(0), (2, 96, 96, 3))
+  variables = model.init(jax.random.key(1), x)
+  plain = models.from_config(base, 5).init(jax.random.key(1), x)
+  assert set(plain) == {"params"} and "batch_stats" in variables
+  # The same tree plus one BatchNorm per trunk and extra-block convolution;
+  # heads and the conv4_3 L2Norm unchanged.
+  flat = traverse_util.flatten_dict(variables["params"])
+  bn = {k for k in flat if k[-2].endswith("_bn")}
+  assert {k: flat[k].shape for k in flat if k not in bn} == {
+    k: v.shape for k, v in traverse_util.flatten_dict(plain["params"]).items()
+  }
+  trunk_convs = 15  # 13 VGG convs, fc6, fc7
+  extra_convs = 2 * len(models.extra_blocks(96))
+  assert len(bn) == 2 * (trunk_convs + extra_convs)  # scale and bias
+  (loc, logits), _ = model.apply(
+    variables, x, train=True, mutable=["batch_stats"]
+  )
+  assert loc.shape == (2, len(model.priors()), 4)
+  assert logits.shape == (2, len(model.priors()), 5)
+  with pytest.raises(ValueError, match="model.batch_norm adds BatchNorm"):
+    models.from_config({**base, "backbone": "resnet50", "batch_norm": True}, 5)

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from ssd_jax.models.backbones.vgg import vgg16_feature_sizes
-from ssd_jax.models.layers import conv, scaled_channels
+from ssd_jax.models.layers import conv_relu, scaled_channels
 
 
 class ExtraBlock(NamedTuple):
@@ -106,6 +106,8 @@ class ExtraLayers(nn.Module):
   Attributes:
     blocks: the blocks, e.g. `extra_blocks(image_size)`.
     width: channel multiplier.
+    batch_norm: a BatchNorm `<conv>_bn` after every convolution, before
+      its ReLU (as `VGG16(batch_norm=True)`).
     dtype: computation dtype.
     param_dtype: parameter dtype.
     first_index: the paper's number of the first block (conv8 after fc7).
@@ -113,35 +115,45 @@ class ExtraLayers(nn.Module):
 
   blocks: tuple[ExtraBlock, ...]
   width: float = 1.0
+  batch_norm: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   first_index: int = 8
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> list[jax.Array]:
+  def __call__(self, x: jax.Array, train: bool = False) -> list[jax.Array]:
     """Runs the blocks one after the other.
 
     Args:
       x: [B, h, w, C] the map the blocks start from (fc7).
+      train: BatchNorm in training mode (with `batch_norm`).
 
     Returns:
       One [B, h_i, w_i, out_i * width] map per block (after ReLU), sides
       `extra_feature_sizes(h, blocks)`.
     """
+    layer = dict(
+      train=train,
+      batch_norm_after=self.batch_norm,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+    )
+
+    def conv_relu_(x, channels, kernel, name, **kwargs):
+      channels = scaled_channels(channels, self.width)
+      return conv_relu(x, channels, kernel, name, **kwargs, **layer)
+
     maps = []
     for i, block in enumerate(self.blocks):
       name = f"conv{self.first_index + i}"
-      layer = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-      mid = scaled_channels(block.mid, self.width)
-      x = nn.relu(conv(mid, 1, f"{name}_1", padding=0, **layer)(x))
-      x = conv(
-        scaled_channels(block.out, self.width),
+      x = conv_relu_(x, block.mid, 1, f"{name}_1", padding=0)
+      x = conv_relu_(
+        x,
+        block.out,
         block.kernel,
         f"{name}_2",
         stride=block.stride,
         padding=block.padding,
-        **layer,
-      )(x)
-      x = nn.relu(x)
+      )
       maps.append(x)
     return maps

@@ -265,6 +265,82 @@ def batch_norm_axis(axis_name: str | None) -> Iterator[None]:
     _BN_AXIS.reset(token)
 
 
+def batch_norm(
+  name: str,
+  train: bool,
+  *,
+  dtype: Any,
+  param_dtype: Any,
+  momentum: float = 0.9,
+  epsilon: float = 1e-5,
+) -> nn.BatchNorm:
+  """The zoo's BatchNorm: batch statistics in training, synchronised over
+  the devices of `batch_norm_axis` when set; the running ones otherwise.
+
+  Args:
+    name: the parameter scope ("bn", "conv1_1_bn").
+    train: normalise with the batch's statistics and update the running
+      ones (needs `mutable=["batch_stats"]`).
+    dtype: computation dtype.
+    param_dtype: parameter dtype.
+    momentum: flax's decay of the running statistics, `1 - torch's
+      momentum` (0.9 for torch's default 0.1).
+    epsilon: added to the variance (torch's `eps`).
+
+  Returns:
+    An unbound `nn.BatchNorm` with `scale`, `bias` and running `mean`,
+    `var` over the last axis.
+  """
+  return nn.BatchNorm(
+    use_running_average=not train,
+    axis_name=_BN_AXIS.get() if train else None,
+    momentum=momentum,
+    epsilon=epsilon,
+    dtype=dtype,
+    param_dtype=param_dtype,
+    name=name,
+  )
+
+
+def conv_relu(
+  x: jax.Array,
+  features: int,
+  kernel: int,
+  name: str,
+  *,
+  train: bool,
+  batch_norm_after: bool,
+  dtype: Any,
+  param_dtype: Any,
+  **conv_kwargs: Any,
+) -> jax.Array:
+  """`conv` -> (BatchNorm `<name>_bn`) -> ReLU, inside a compact module.
+
+  The VGG SSD's layer (trunk and extra blocks): the release's convolution,
+  and with `batch_norm_after` a BatchNorm before the ReLU (torchvision's
+  `vgg16_bn` layout, the convolution keeps its bias).
+
+  Args:
+    x: [B, H, W, C] NHWC.
+    features: output channels.
+    kernel: side of the square kernel.
+    name: the convolution's scope; the BatchNorm's is `<name>_bn`.
+    train: BatchNorm in training mode (see `batch_norm`).
+    batch_norm_after: whether there is a BatchNorm.
+    dtype: computation dtype.
+    param_dtype: parameter dtype.
+    **conv_kwargs: `stride`, `padding`, `dilation` of `conv`.
+
+  Returns:
+    [B, H', W', features] after the ReLU.
+  """
+  layer = dict(dtype=dtype, param_dtype=param_dtype)
+  x = conv(features, kernel, name, **conv_kwargs, **layer)(x)
+  if batch_norm_after:
+    x = batch_norm(f"{name}_bn", train, **layer)(x)
+  return nn.relu(x)
+
+
 class ConvBN(nn.Module):
   """Convolution without bias -> BatchNorm -> activation, as torch builds it.
 
@@ -328,13 +404,12 @@ class ConvBN(nn.Module):
       conv_general_dilated=conv_general_dilated,
       name="conv",
     )(x)
-    x = nn.BatchNorm(
-      use_running_average=not train,
-      axis_name=_BN_AXIS.get() if train else None,
-      momentum=self.bn_momentum,
-      epsilon=self.bn_eps,
+    x = batch_norm(
+      "bn",
+      train,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
-      name="bn",
+      momentum=self.bn_momentum,
+      epsilon=self.bn_eps,
     )(x)
     return x if self.activation is None else self.activation(x)

@@ -108,6 +108,9 @@ class SSD(nn.Module):
     num_classes: classes including background (21 for VOC).
     image_size: input side in pixels (square inputs).
     width: channel multiplier for every layer (1.0 is the paper's SSD).
+    batch_norm: a BatchNorm after every convolution of the trunk and the
+      extra blocks (not the heads), running statistics in "batch_stats";
+      False is the paper's SSD.
     dtype: computation dtype (e.g. jnp.bfloat16); outputs come in it.
     param_dtype: parameter dtype.
     prior_config: the default boxes; None takes `default_prior_config`.
@@ -124,6 +127,7 @@ class SSD(nn.Module):
   num_classes: int
   image_size: int = 300
   width: float = 1.0
+  batch_norm: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   prior_config: PriorConfig | None = None
@@ -164,12 +168,9 @@ class SSD(nn.Module):
   def setup(self):
     config = self.resolved_prior_config()
     layer = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    self.backbone = VGG16Backbone(
-      width=self.width, cpu_fast_ops=self.cpu_fast_ops, **layer
-    )
-    self.extras = ExtraLayers(
-      extra_blocks(self.image_size), width=self.width, **layer
-    )
+    norm = dict(width=self.width, batch_norm=self.batch_norm, **layer)
+    self.backbone = VGG16Backbone(cpu_fast_ops=self.cpu_fast_ops, **norm)
+    self.extras = ExtraLayers(extra_blocks(self.image_size), **norm)
     self.heads = MultiboxHeads(
       self.num_classes,
       tuple(boxes_per_location(r) for r in config.aspect_ratios),
@@ -187,7 +188,9 @@ class SSD(nn.Module):
     Args:
       images: [B, image_size, image_size, 3] float32, normalised by the
         input pipeline (the model does no normalisation).
-      train: unused (no BatchNorm, no dropout); the zoo's common signature.
+      train: with `batch_norm`, normalise with the batch's statistics and
+        update the running ones (`mutable=["batch_stats"]`); otherwise
+        unused (the zoo's common signature).
 
     Returns:
       loc: [B, P, 4] offsets (cx, cy, w, h) against `priors()`, to decode
@@ -207,9 +210,8 @@ class SSD(nn.Module):
         f"SSD(image_size={self.image_size}) expects images of shape "
         f"[B, {self.image_size}, {self.image_size}, 3], got {images.shape}"
       )
-    del train
-    sources = self.backbone(images)  # [conv4_3 (normalised), fc7]
-    extras = self.extras(sources[-1])  # [conv8_2, conv9_2, ...]
+    sources = self.backbone(images, train)  # [conv4_3 (normalised), fc7]
+    extras = self.extras(sources[-1], train)  # [conv8_2, conv9_2, ...]
     return self.heads([*sources, *extras])
 
 
@@ -316,6 +318,7 @@ def from_config(model_cfg: Any, num_classes: int) -> Any:
     cpu_fast_ops=fast,
     image_size=int(image_size),
     width=float(cfg.get("width", 1.0)),
+    batch_norm=bool(cfg.get("batch_norm", False)),
     dtype=_DTYPES[cfg.get("dtype", "float32")],
     param_dtype=_DTYPES[cfg.get("param_dtype", "float32")],
     prior_config=prior_config,
@@ -369,6 +372,11 @@ def _zoo_model(backbone: str, cfg: dict, num_classes: int) -> Any:
     raise ValueError(
       f"model.priors={cfg['priors']!r}: the {backbone} model brings its own "
       "default boxes; leave model.priors at 'default'"
+    )
+  if cfg.get("batch_norm"):
+    raise ValueError(
+      f"model.batch_norm adds BatchNorm to the VGG models; the {backbone} "
+      "model has its own: leave model.batch_norm at False"
     )
   extra = {}
   if backbone == "mobilenet_v3_large":
