@@ -11,7 +11,11 @@ box has IoU >= `config.iou_threshold` (so that matching gives them a prior
 of their own shape), per class and per size bucket, and the mean number of
 positives per box, for the config's default boxes and (VGG models) for
 default boxes fitted to the training boxes (`default_boxes.
-fit_prior_config`, what `model.priors="fitted"` trains with).
+fit_prior_config`, what `model.priors="fitted"` trains with). For the VGG
+models it also counts the boxes matched on each source map, and the fewest
+of one class: each map has its own heads, and a map that few boxes reach
+(the deep ones, when every object is small at the input size) has heads
+that barely train.
 
 Sizes are relative to the network input: the pipeline resizes every image
 to the square input, so a box's normalised width and height are its
@@ -141,6 +145,11 @@ class CoverageReport(NamedTuple):
       bucket (coverage and mean None when it holds no box).
     by_class: label -> the same, for the labels present (empty without
       labels).
+    by_map: source map name ("20x20") -> {"boxes": boxes with a positive
+      on that map, "positives": their positives there, "fewest_per_class":
+      the smallest of those box counts over the labels present (None
+      without labels)}, in map order; empty when the maps are not given.
+      A map few boxes reach has a head that barely trains.
   """
 
   best_iou: np.ndarray
@@ -151,6 +160,7 @@ class CoverageReport(NamedTuple):
   mean_positives: float | None
   by_size: dict[str, dict[str, Any]]
   by_class: dict[int, dict[str, Any]]
+  by_map: dict[str, dict[str, Any]]
 
 
 def box_size(boxes: np.ndarray) -> np.ndarray:
@@ -182,14 +192,17 @@ def prior_coverage(
   priors: np.ndarray,
   iou_threshold: float = 0.5,
   labels: np.ndarray | None = None,
+  maps: Mapping[str, int] | None = None,
 ) -> CoverageReport:
-  """Prior coverage of ground-truth boxes, per box, class and size bucket.
+  """Prior coverage of ground-truth boxes, per box, class, size and map.
 
   Args:
     gt_boxes: [M, 4] float corners in [0, 1] of the input; M may be 0.
     priors: [P, 4] float centre form (`model.priors()`).
     iou_threshold: the matching threshold (`config.iou_threshold`).
     labels: [M] int classes for `by_class`; None for no class summary.
+    maps: source map name -> its number of priors, in prior order, summing
+      to P (`map_rows`), for `by_map`; None for no map summary.
 
   Returns:
     A CoverageReport.
@@ -198,7 +211,9 @@ def prior_coverage(
     ValueError: on boxes not [M, 4], priors not [P, 4] or labels not [M].
   """
   gt_boxes = np.asarray(gt_boxes, np.float32)
-  best, positives = db.box_coverage(gt_boxes, priors, iou_threshold)
+  rows = tuple(maps.values()) if maps else (np.shape(priors)[0],)
+  best, on_map = db.positives_by_map(gt_boxes, priors, rows, iou_threshold)
+  positives = on_map.sum(1)
   covered = best >= iou_threshold
   bucket = size_buckets(box_size(gt_boxes))
   by_size = {
@@ -215,6 +230,19 @@ def prior_coverage(
     for label in np.unique(labels):
       rows = labels == label
       by_class[int(label)] = _summary(covered[rows], positives[rows])
+  by_map = {}
+  for k, name in enumerate(maps or {}):
+    reached = on_map[:, k] > 0
+    fewest = None
+    if labels is not None and len(labels):
+      fewest = min(
+        int(np.sum(reached[labels == label])) for label in np.unique(labels)
+      )
+    by_map[name] = {
+      "boxes": int(reached.sum()),
+      "positives": int(on_map[:, k].sum()),
+      "fewest_per_class": fewest,
+    }
   overall = _summary(covered, positives)
   return CoverageReport(
     best_iou=best,
@@ -225,7 +253,30 @@ def prior_coverage(
     mean_positives=overall["mean_positives"],
     by_size=by_size,
     by_class=by_class,
+    by_map=by_map,
   )
+
+
+def map_rows(model: Any, prior_config: db.PriorConfig | None = None):
+  """Source map name ("20x20") -> its priors, for a VGG model's priors.
+
+  Args:
+    model: the model (`models.from_config`).
+    prior_config: the default boxes; None takes the model's own.
+
+  Returns:
+    An ordered dict, or None for a zoo model (its own prior layout).
+  """
+  if prior_config is None:
+    if not hasattr(model, "resolved_prior_config"):
+      return None
+    prior_config = model.resolved_prior_config()
+  return {
+    f"{size}x{size}": rows
+    for size, rows in zip(
+      prior_config.feature_sizes, db.rows_per_map(prior_config), strict=True
+    )
+  }
 
 
 def can_fit(model_config: Any) -> bool:
@@ -304,6 +355,7 @@ def _coverage_json(
       class_names[k - 1] if 0 < k <= len(class_names) else str(k): v
       for k, v in report.by_class.items()
     },
+    "by_map": report.by_map,
   }
 
 
@@ -325,7 +377,8 @@ def analyze(
     "fitted" (coverage of default boxes fitted to the training split, with
     their "min_sizes" / "max_sizes" in input pixels), else None. Coverage
     entries hold "priors", "num_priors", "coverage", "mean_positives",
-    "by_size" and "by_class".
+    "by_size", "by_class" and "by_map" (boxes matched on each source map;
+    empty for a zoo model).
 
   Raises:
     FileNotFoundError, ValueError: naming the missing data or bad field.
@@ -381,7 +434,9 @@ def analyze(
     "iou_threshold": threshold,
     "coverage": {
       **_coverage_json(
-        prior_coverage(stats.boxes, priors, threshold, stats.labels),
+        prior_coverage(
+          stats.boxes, priors, threshold, stats.labels, map_rows(model)
+        ),
         names,
         what,
       ),
@@ -395,7 +450,13 @@ def analyze(
     fitted_priors = db.prior_boxes(fitted)
     result["fitted"] = {
       **_coverage_json(
-        prior_coverage(stats.boxes, fitted_priors, threshold, stats.labels),
+        prior_coverage(
+          stats.boxes,
+          fitted_priors,
+          threshold,
+          stats.labels,
+          map_rows(model, fitted),
+        ),
         names,
         "fitted",
       ),
@@ -454,6 +515,15 @@ def format_summary(result: Mapping[str, Any]) -> str:
       + ", ".join(f"{s:g}" for s in result["fitted"]["min_sizes"])
       + "; model.priors='fitted' trains with them"
     )
+  for run in runs:
+    if run["by_map"]:
+      lines.append(
+        f"  {run['priors']} boxes matched per map (fewest of one class): "
+        + ", ".join(
+          f"{k} {v['boxes']} ({v['fewest_per_class']})"
+          for k, v in run["by_map"].items()
+        )
+      )
   for run in runs:
     lines.append(
       f"  {run['priors']} by class: "

@@ -407,21 +407,81 @@ def box_coverage(
   Raises:
     ValueError: if `gt_boxes` is not [M, 4] or `priors` not [P, 4].
   """
+  best, by_map = positives_by_map(
+    gt_boxes, priors, (np.shape(priors)[0],), iou_threshold, chunk
+  )
+  return best, by_map[:, 0]
+
+
+def positives_by_map(
+  gt_boxes: np.ndarray,
+  priors: np.ndarray,
+  map_rows: Sequence[int],
+  iou_threshold: float = 0.5,
+  chunk: int = 512,
+) -> tuple[np.ndarray, np.ndarray]:
+  """`box_coverage`'s positives, split by the source map they lie on.
+
+  Each map's head learns only from the boxes matched on it: a map that
+  few boxes reach is a head that barely trains (the deep maps, when every
+  object is small at the input size).
+
+  Args:
+    gt_boxes: [M, 4] float corners in [0, 1]; M may be 0.
+    priors: [P, 4] float centre form, map after map (`prior_boxes`).
+    map_rows: the priors of each map, in order, summing to P
+      (`rows_per_map`).
+    iou_threshold: the matching threshold.
+    chunk: boxes per IoU block.
+
+  Returns:
+    best_iou: [M] float32, as `box_coverage`.
+    num_positives: [M, K] int32, the box's positives on each of the K
+      maps; the row sums are `box_coverage`'s positives (a forced prior
+      counts on its own map).
+
+  Raises:
+    ValueError: if `gt_boxes` is not [M, 4], `priors` not [P, 4] or
+      `map_rows` does not sum to P.
+  """
   gt = np.asarray(gt_boxes, np.float32)
   if gt.ndim != 2 or gt.shape[1] != 4:
     raise ValueError(f"gt_boxes must be [M, 4], got {gt.shape}")
   if np.ndim(priors) != 2 or np.shape(priors)[1] != 4:
     raise ValueError(f"priors must be [P, 4], got {np.shape(priors)}")
+  if sum(map_rows) != len(priors) or min(map_rows, default=0) < 0:
+    raise ValueError(
+      f"map_rows {tuple(map_rows)} must be >= 0 and sum to the "
+      f"{len(priors)} priors"
+    )
   corners = box_lib.center_to_corners(np.asarray(priors, np.float32), xp=np)
+  edges = np.cumsum([0, *map_rows])
   best = np.zeros(len(gt), np.float32)
-  above = np.zeros(len(gt), np.int32)
+  above = np.zeros((len(gt), len(map_rows)), np.int32)
+  argbest = np.zeros(len(gt), np.int64)
   if len(corners):
     for start in range(0, len(gt), chunk):
-      iou = box_lib.pairwise_iou(gt[start : start + chunk], corners, xp=np)
-      best[start : start + chunk] = iou.max(1)  # [chunk]
-      above[start : start + chunk] = (iou >= iou_threshold).sum(1)
-  forced = (above == 0) & (best > 0)  # The matcher's rule 1.
-  return best, np.where(forced, 1, above).astype(np.int32)
+      rows = slice(start, start + chunk)
+      iou = box_lib.pairwise_iou(gt[rows], corners, xp=np)  # [chunk, P]
+      best[rows] = iou.max(1)
+      argbest[rows] = iou.argmax(1)
+      hit = iou >= iou_threshold
+      for k in range(len(map_rows)):
+        above[rows, k] = hit[:, edges[k] : edges[k + 1]].sum(1)
+  forced = (above.sum(1) == 0) & (best > 0)  # The matcher's rule 1.
+  forced_map = np.searchsorted(edges, argbest, side="right") - 1
+  above[np.flatnonzero(forced), forced_map[forced]] = 1
+  return best, above
+
+
+def rows_per_map(config: PriorConfig) -> tuple[int, ...]:
+  """Priors of each source map, in `prior_boxes` order: side^2 x boxes."""
+  return tuple(
+    int(size) ** 2 * boxes_per_location(ratios)
+    for size, ratios in zip(
+      config.feature_sizes, config.aspect_ratios, strict=True
+    )
+  )
 
 
 # Where `fit_prior_config` looks: the first map's scale as a fraction of

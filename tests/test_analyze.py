@@ -93,6 +93,44 @@ def test_prior_coverage_matches_a_slow_loop():
     _assert_summary_equal(report.by_class[label], by_class[label])
 
 
+def test_prior_coverage_by_map_counts_boxes_and_classes():
+  config = models.default_prior_config(96)  # maps 12, 6, 3, 1
+  priors = db.prior_boxes(config)
+  maps = analyze.map_rows(models.from_config({"image_size": 96}, 3))
+  assert list(maps) == ["12x12", "6x6", "3x3", "1x1"]
+  assert tuple(maps.values()) == db.rows_per_map(config)
+  # Boxes of about each map's size: 0.1 (12x12), 0.5 and 0.9 (1x1).
+  gt = np.array(
+    [
+      [0.1, 0.1, 0.2, 0.2],
+      [0.6, 0.6, 0.7, 0.7],
+      [0.25, 0.25, 0.75, 0.75],
+      [0.05, 0.05, 0.95, 0.95],
+    ]
+  )
+  labels = np.array([1, 2, 1, 2])
+  report = analyze.prior_coverage(gt, priors, 0.5, labels, maps)
+  _, on_map = db.positives_by_map(gt, priors, tuple(maps.values()), 0.5)
+  assert list(report.by_map) == list(maps)
+  for k, name in enumerate(maps):
+    reached = on_map[:, k] > 0
+    assert report.by_map[name] == {
+      "boxes": int(reached.sum()),
+      "positives": int(on_map[:, k].sum()),
+      "fewest_per_class": int(
+        min(reached[labels == 1].sum(), reached[labels == 2].sum())
+      ),
+    }
+  assert report.by_map["12x12"]["boxes"] >= 2  # the two small boxes
+  assert report.by_map["1x1"]["boxes"] >= 1  # the whole-image one
+  assert report.by_map["12x12"]["fewest_per_class"] == 1
+  unlabelled = analyze.prior_coverage(gt, priors, 0.5, None, maps)
+  assert unlabelled.by_map["6x6"]["fewest_per_class"] is None
+  assert analyze.prior_coverage(gt, priors, 0.5).by_map == {}
+  lite = models.from_config({"backbone": "mobilenet_v3_large"}, 3)
+  assert analyze.map_rows(lite) is None  # the zoo's own prior layout
+
+
 def test_prior_coverage_of_no_boxes():
   priors = db.prior_boxes(models.default_prior_config(96))
   report = analyze.prior_coverage(np.zeros((0, 4)), priors, 0.5, [])
@@ -177,6 +215,9 @@ def test_analysis_json_and_pictures(voc_folder, tmp_path):
   assert len(after["min_sizes"]) == 4
   for part in ("by_size", "by_class"):
     assert sum(v["boxes"] for v in before[part].values()) == boxes
+  for run in (before, after):  # every box reaches at least one map
+    assert list(run["by_map"]) == ["12x12", "6x6", "3x3", "1x1"]
+    assert boxes <= sum(v["boxes"] for v in run["by_map"].values())
   names = sorted(os.listdir(tmp_path / "analysis"))
   assert names == [
     "aspect_ratio.png",
@@ -192,6 +233,7 @@ def test_analysis_json_and_pictures(voc_folder, tmp_path):
   text = analyze.format_summary(result)
   assert f"{boxes} boxes" in text and "prior coverage" in text
   assert "fitted min sizes" in text
+  assert "fitted boxes matched per map (fewest of one class): 12x12" in text
 
 
 def test_analysis_of_a_zoo_model_has_no_fit():

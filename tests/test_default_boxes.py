@@ -283,6 +283,38 @@ def test_box_coverage_empty_and_bad_shapes():
     db.box_coverage(np.zeros((3, 4)), np.zeros((4,)))
 
 
+def test_positives_by_map_splits_the_positives_map_by_map():
+  rng = np.random.default_rng(1)
+  gt, _, _ = _random_boxes(rng, 30, 0.02, 0.9)
+  gt = np.concatenate([gt, [[0.3, 0.3, 0.3, 0.5]]])  # Zero area: no prior.
+  priors = db.prior_boxes(SMALL_GRID)
+  rows = db.rows_per_map(SMALL_GRID)
+  # The :small grid: 12x12, 6x6, 3x3 and 1x1 maps of 4, 6, 4 and 4 boxes.
+  assert rows == (144 * 4, 36 * 6, 9 * 4, 1 * 4) and sum(rows) == len(priors)
+  edges = np.cumsum([0, *rows])
+  best, by_map = db.positives_by_map(gt, priors, rows, 0.5, chunk=4)
+  assert by_map.shape == (31, 4) and by_map.dtype == np.int32
+  for i, g in enumerate(gt):  # The slow loop, map by map.
+    ious = [
+      ref_iou(g, (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2))
+      for cx, cy, w, h in priors
+    ]
+    want = [
+      sum(v >= 0.5 for v in ious[edges[k] : edges[k + 1]]) for k in range(4)
+    ]
+    if not sum(want) and max(ious) > 0:  # The forced best prior's map.
+      want[int(np.searchsorted(edges, int(np.argmax(ious)), "right")) - 1] = 1
+    assert by_map[i].tolist() == want, i
+    assert best[i] == pytest.approx(max(ious), abs=1e-5)
+  _, positives = db.box_coverage(gt, priors, 0.5)
+  np.testing.assert_array_equal(by_map.sum(1), positives)
+  assert by_map[-1].tolist() == [0, 0, 0, 0]
+  with pytest.raises(ValueError, match="must be >= 0 and sum to"):
+    db.positives_by_map(gt, priors, rows[:-1], 0.5)
+  empty = db.positives_by_map(np.zeros((0, 4)), priors, rows)
+  assert empty[0].shape == (0,) and empty[1].shape == (0, 4)
+
+
 def _coverage(boxes, config):
   best, _ = db.box_coverage(boxes, db.prior_boxes(config))
   return float(np.mean(best >= 0.5))
