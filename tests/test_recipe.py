@@ -94,8 +94,9 @@ def test_augmentation_scales_with_object_size():
   ratio = aug_big["max_expand_ratio"]
   assert aug_big["expand_prob"] == 0.5 and 1.25 <= ratio <= 4.0
   assert 0.6 * big_size / ratio >= recipe.MIN_ZOOMED_PIXELS
-  for aug in (aug_small, aug_big):  # No IoU crops in the quick recipe.
-    assert aug["min_ious"] == () and aug["min_scale"] == 1.0
+  for aug in (aug_small, aug_big):  # Mild patches, no IoU crops.
+    assert aug["min_ious"] == () and aug["min_scale"] == recipe.CROP_MIN_SCALE
+    assert (aug["min_aspect"], aug["max_aspect"]) == recipe.CROP_ASPECT
 
 
 def test_no_boxes_is_an_error():
@@ -118,7 +119,7 @@ def test_resolve_keeps_command_line_fields_and_stores_choices(tmp_path):
   assert resolved.model.priors == "fitted"
   assert resolved.num_steps == by["num_steps"].value
   # Merged into the config's own augmentation settings.
-  assert resolved.data.augment_config["min_scale"] == 1.0
+  assert resolved.data.augment_config["min_scale"] == recipe.CROP_MIN_SCALE
   assert "flip_prob" not in resolved.data.augment_config  # The default.
   stored = json.load(open(os.path.join(workdir, recipe.RECIPE_FILE)))
   assert [c["field"] for c in stored["choices"]] == [c.field for c in choices]
@@ -171,3 +172,37 @@ def test_fixed_fields_feed_the_derived_choices():
   assert by["eval_every"].value == 45
   # Zoom-out follows the fixed size: 0.2 * 192 / 16 = 2.4 -> 2.25 (0.25s).
   assert by["data.augment_config"].value["max_expand_ratio"] == 2.25
+
+
+def test_backbone_choices_for_the_vgg_model_only():
+  stats = _stats(np.full(100, 0.2))
+  vgg = _by_field(recipe.choose(stats, _config()))
+  assert vgg["model.priors"].value == "fitted"
+  assert vgg["model.batch_norm"].value is True
+  config = _config()
+  config.model.backbone = "mobilenet_v3_large"  # brings its own boxes, BN
+  lite = _by_field(recipe.choose(stats, config))
+  assert "model.priors" not in lite and "model.batch_norm" not in lite
+  resolved = recipe.apply(config, list(lite.values()))
+  assert resolved.model.priors == "default" and not resolved.model.batch_norm
+  kept = _by_field(recipe.choose(stats, _config(), fixed={"model.batch_norm"}))
+  assert kept["model.batch_norm"].value is False  # the config's, as set
+  assert kept["model.batch_norm"].source == "command line"
+
+
+def test_no_mirror_when_classes_are_mirror_images():
+  assert recipe.mirror_pairs(["arrow_up", "arrow_left", "arrow_right"]) == [
+    ("arrow_left", "arrow_right")
+  ]
+  assert recipe.mirror_pairs(["LeftHand", "RightHand", "face"]) == [
+    ("LeftHand", "RightHand")
+  ]
+  assert recipe.mirror_pairs(["left_lane", "car"]) == []  # no twin
+  assert recipe.mirror_pairs([]) == []
+  stats = _stats(np.full(100, 0.2))
+  plain = _by_field(recipe.choose(stats, _config()))["data.augment_config"]
+  assert "flip_prob" not in plain.value and "and mirror" in plain.reason
+  stats = stats._replace(class_names=("arrow_left", "arrow_right", "disc"))
+  guarded = _by_field(recipe.choose(stats, _config()))["data.augment_config"]
+  assert guarded.value["flip_prob"] == 0.0
+  assert "no mirror: it turns arrow_left into arrow_right" in guarded.reason

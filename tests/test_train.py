@@ -429,6 +429,7 @@ def test_quick_recipe_chooses_once_and_eval_rebuilds_the_trained_model(
   assert choices["num_steps"].value == 2
   assert choices["eval_every"].value == 0
   assert choices["model.priors"].value == "fitted"
+  assert choices["model.batch_norm"].value is True
   size = choices["model.image_size"].value
   assert size == 64  # Read back (source "workdir"); the file says why:
   with open(os.path.join(workdir, recipe.RECIPE_FILE)) as f:
@@ -438,8 +439,11 @@ def test_quick_recipe_chooses_once_and_eval_rebuilds_the_trained_model(
   assert os.path.exists(os.path.join(workdir, train.DEFAULT_BOXES_FILE))
   # Eval / predict / export: the file config (96 px) is rebuilt at the size
   # and with the boxes the run trained with.
-  model, _, _, step = train.restore_params(config_for_folder(), workdir)
-  assert step == 2 and model.image_size == size
+  model, variables, _, step = train.restore_params(config_for_folder(), workdir)
+  assert step == 2 and model.image_size == size and model.batch_norm
+  # The BatchNorm VGG's running statistics were trained and restored.
+  stats = variables["batch_stats"]["vgg"]["conv1_1_bn"]
+  assert float(np.abs(np.asarray(stats["mean"])).max()) > 0
   fitted = train.read_fitted_priors(workdir)
   np.testing.assert_allclose(
     model.resolved_prior_config().min_sizes, fitted.min_sizes
