@@ -11,6 +11,7 @@ that code restores into this one.
 for a deliberate change of architecture).
 """
 
+import functools
 import itertools
 import json
 import math
@@ -585,12 +586,12 @@ def test_from_config_builds_the_zoo_by_backbone():
 
 
 def test_from_config_batch_norm_vgg():
-  base = {"name": "ssd", "image_size": 96, "width": 0.125}
+  base = {"name": "ssd", "image_size": 64, "width": 0.125}
   model = models.from_config({**base, "batch_norm": True}, 5)
   assert isinstance(model, models.SSD) and model.batch_norm
-  x = jax.random.normal(jax.random.key(0), (2, 96, 96, 3))
-  variables = model.init(jax.random.key(1), x)
-  plain = models.from_config(base, 5).init(jax.random.key(1), x)
+  x = jax.random.normal(jax.random.key(0), (2, 64, 64, 3))
+  variables = jax.jit(model.init)(jax.random.key(1), x)
+  plain = jax.eval_shape(models.from_config(base, 5).init, jax.random.key(1), x)
   assert set(plain) == {"params"} and "batch_stats" in variables
   # The same tree plus one BatchNorm per trunk and extra-block convolution;
   # heads and the conv4_3 L2Norm unchanged.
@@ -600,11 +601,11 @@ def test_from_config_batch_norm_vgg():
     k: v.shape for k, v in traverse_util.flatten_dict(plain["params"]).items()
   }
   trunk_convs = 15  # 13 VGG convs, fc6, fc7
-  extra_convs = 2 * len(models.extra_blocks(96))
+  extra_convs = 2 * len(models.extra_blocks(64))
   assert len(bn) == 2 * (trunk_convs + extra_convs)  # scale and bias
-  (loc, logits), _ = model.apply(
-    variables, x, train=True, mutable=["batch_stats"]
-  )
+  (loc, logits), _ = jax.jit(
+    functools.partial(model.apply, train=True, mutable=["batch_stats"])
+  )(variables, x)
   assert loc.shape == (2, len(model.priors()), 4)
   assert logits.shape == (2, len(model.priors()), 5)
   with pytest.raises(ValueError, match="model.batch_norm adds BatchNorm"):
