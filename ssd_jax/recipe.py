@@ -142,7 +142,7 @@ def choose(
     f"image) span >= {MIN_OBJECT_PIXELS:.0f} px where the images allow "
     f"(~{image_side:.0f} px: sizes {MIN_SIZE}..{cap})",
   )
-  if config.model.get("backbone", "vgg16") == "vgg16":
+  if analyze.can_fit(config.model):  # VGG: the zoo brings its own boxes, BN
     pick(
       "model.priors",
       "fitted",
