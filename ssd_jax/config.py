@@ -103,6 +103,9 @@ def base_config() -> ml_collections.ConfigDict:
       # VGG models: a BatchNorm after every trunk and extra-block
       # convolution (trains from scratch far faster; `models.SSD`).
       "batch_norm": False,
+      # VGG models: conv3_3 (stride 4) as a first source map, for objects
+      # too small for conv4_3's stride-8 grid (`models.SSD`).
+      "conv3_3_map": False,
       # BatchNorm models: use the running statistics in training, no
       # updates (for small per-device batches).
       "freeze_batch_norm": False,

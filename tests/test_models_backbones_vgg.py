@@ -123,3 +123,66 @@ def test_batch_norm_backbone_passes_train_through():
     variables["batch_stats"]["vgg"]
   )
   assert not np.allclose(train[1], evaluation[1])
+
+
+@pytest.mark.parametrize("size", [300, 160, 33])
+def test_conv3_3_map_sizes_equal_real_maps(size):
+  trunk = vgg.VGG16(width=1 / 16, conv3_3_map=True)
+  x = jnp.zeros((1, size, size, 3))
+  maps = jax.eval_shape(trunk.init_with_output, jax.random.key(0), x)[0]
+  sides = vgg.vgg16_feature_sizes(size, conv3_3_map=True)
+  assert tuple(m.shape[1] for m in maps) == sides
+  assert sides[1:] == vgg.vgg16_feature_sizes(size)
+  assert [m.shape[-1] for m in maps] == [16, 32, 64]
+  assert vgg.vgg16_feature_sizes(300, True) == (75, 38, 19)
+
+
+def _conv_relu_ref(x, p, padding=1):
+  y = jax.lax.conv_general_dilated(
+    x,
+    p["kernel"],
+    (1, 1),
+    [(padding, padding)] * 2,
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    precision=jax.lax.Precision.HIGHEST,
+  )
+  return np.maximum(np.asarray(y) + p["bias"], 0.0)
+
+
+def _pool_ref(x):
+  n, h, w, c = x.shape
+  return (
+    x[:, : h // 2 * 2, : w // 2 * 2]
+    .reshape(n, h // 2, 2, w // 2, 2, c)
+    .max((2, 4))
+  )
+
+
+def test_conv3_3_map_is_stage_3_then_its_own_l2norm():
+  """conv3_3 against plain convolutions and pools; the other maps unchanged."""
+  backbone = vgg.VGG16Backbone(width=1 / 16, conv3_3_map=True)
+  x = jnp.asarray(np.random.default_rng(0).normal(0, 50, (2, 40, 40, 3)))
+  variables = jax.jit(backbone.init)(jax.random.key(0), x)
+  params = variables["params"]
+  assert set(params) == {"vgg", "conv3_3_norm", "conv4_3_norm"}
+  np.testing.assert_array_equal(params["conv3_3_norm"]["scale"], 20.0)
+  scale = np.random.default_rng(1).uniform(10, 30, (16,)).astype(np.float32)
+  params = {**params, "conv3_3_norm": {"scale": scale}}
+  sources = backbone.apply({"params": params}, x)
+  assert len(sources) == 3
+  plain = vgg.VGG16Backbone(width=1 / 16).apply(
+    {"params": {k: v for k, v in params.items() if k != "conv3_3_norm"}}, x
+  )
+  for got, want in zip(sources[1:], plain, strict=True):
+    np.testing.assert_array_equal(got, want)
+  h = np.asarray(x, np.float32)
+  p = params["vgg"]
+  for stage, names in enumerate(vgg.VGG16_STAGES[:3]):
+    if stage:
+      h = _pool_ref(h)
+    for name, _ in names:
+      h = _conv_relu_ref(h, p[name])
+  c = h.astype(np.float64)
+  ref = scale * c / np.sqrt((c * c).sum(-1, keepdims=True) + 1e-10)
+  assert sources[0].shape == (2, 10, 10, 16)
+  np.testing.assert_allclose(sources[0], ref, rtol=1e-4, atol=1e-4)

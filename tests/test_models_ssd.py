@@ -610,3 +610,70 @@ def test_from_config_batch_norm_vgg():
   assert logits.shape == (2, len(model.priors()), 5)
   with pytest.raises(ValueError, match="model.batch_norm adds BatchNorm"):
     models.from_config({**base, "backbone": "resnet50", "batch_norm": True}, 5)
+
+
+def test_conv3_3_map_adds_a_first_map_read_by_its_own_heads():
+  model = models.SSD(**TINY, conv3_3_map=True)
+  (loc, logits), variables, inter = _shapes(model)
+  sides = models.feature_sizes(64, conv3_3_map=True)
+  assert sides == (16, *models.feature_sizes(64))
+  assert inter["conv3_3_norm"]["__call__"][0].shape[1] == 16
+  config = model.resolved_prior_config()
+  assert config == models.default_prior_config(64, conv3_3_map=True)
+  assert config == db.paper_prior_config(64, sides)
+  assert loc.shape == (1, len(model.priors()), 4)
+  assert set(variables["params"]) - set(
+    _shapes(models.SSD(**TINY))[1]["params"]
+  ) == {"conv3_3_norm", f"loc_{len(sides) - 1}", f"conf_{len(sides) - 1}"}
+  # The conv3_3 scale reaches the rows of the first map only.
+  params = _random_params(model)
+  x = jnp.asarray(np.random.default_rng(2).normal(0, 50, (1, 64, 64, 3)))
+  rows = db.rows_per_map(config)[0]
+
+  def out(scale):
+    p = {**params, "conv3_3_norm": {"scale": scale}}
+    loc, logits = model.apply({"params": p}, x)
+    return jnp.concatenate([loc, logits], -1)[0].sum(-1)  # [P]
+
+  jac = np.asarray(jax.jacrev(out)(params["conv3_3_norm"]["scale"]))
+  assert np.abs(jac[:rows]).sum(1).min() > 0
+  np.testing.assert_array_equal(jac[rows:], 0.0)
+  # 300 and 512 with conv3_3 leave the release's boxes for the paper's rule.
+  assert models.default_prior_config(300, True) == db.paper_prior_config(
+    300, (75, 38, 19, 10, 5, 3, 1)
+  )
+
+
+def test_from_config_conv3_3_map():
+  base = {"name": "ssd", "image_size": 96, "width": 0.125, "conv3_3_map": True}
+  model = models.from_config(base, 3)
+  assert (
+    model.conv3_3_map and model.resolved_prior_config().feature_sizes[0] == 24
+  )
+  sides = models.feature_sizes(96, True)
+  mins = tuple(float(4 + 8 * i) for i in range(len(sides)))
+  maxs = tuple(m + 8 for m in mins)
+  fitted = models.from_config(
+    base
+    | {"priors": "fitted", "prior_min_sizes": mins, "prior_max_sizes": maxs},
+    3,
+  )
+  assert fitted.resolved_prior_config() == models.default_prior_config(
+    96, True
+  )._replace(min_sizes=mins, max_sizes=maxs)
+  with pytest.raises(ValueError, match="one size per map"):
+    models.from_config(
+      base
+      | {
+        "priors": "fitted",
+        "prior_min_sizes": mins[1:],
+        "prior_max_sizes": maxs[1:],
+      },
+      3,
+    )
+  with pytest.raises(ValueError, match="no boxes for conv3_3"):
+    models.from_config(
+      {"name": "ssd300", "priors": "coco", "conv3_3_map": True}, 3
+    )
+  with pytest.raises(ValueError, match="model.conv3_3_map adds a VGG map"):
+    models.from_config({"backbone": "resnet50", "conv3_3_map": True}, 3)

@@ -51,43 +51,51 @@ from ssd_jax.models.extras import (
 from ssd_jax.models.heads import MultiboxHeads
 
 
-def feature_sizes(image_size: int) -> tuple[int, ...]:
+def feature_sizes(
+  image_size: int, conv3_3_map: bool = False
+) -> tuple[int, ...]:
   """Sides of the source maps (conv4_3, fc7, extras) computed arithmetically.
 
   Args:
     image_size: input side in pixels.
+    conv3_3_map: with conv3_3 (stride 4) as the first map.
 
   Returns:
     One side per source map: 300 gives (38, 19, 10, 5, 3, 1), 512 gives
-    (64, 32, 16, 8, 4, 2, 1).
+    (64, 32, 16, 8, 4, 2, 1); with `conv3_3_map` 75 and 128 come first.
   """
-  sizes = VGG16Backbone.feature_sizes(image_size)
+  sizes = VGG16Backbone.feature_sizes(image_size, conv3_3_map)
   return sizes + extra_feature_sizes(sizes[-1], extra_blocks(image_size))
 
 
-def default_prior_config(image_size: int) -> PriorConfig:
+def default_prior_config(
+  image_size: int, conv3_3_map: bool = False
+) -> PriorConfig:
   """The default-box configuration of an SSD with this input size.
 
   300 and 512 give the release's `SSD300_PRIORS` / `SSD512_PRIORS`. Other
-  sizes use the actual feature map sizes with
-  `default_boxes.paper_prior_config`: steps `image_size / side`, the paper's
-  scale rule (conv4_3 at 0.1, then 0.2 .. 0.9) and the release's ratio
-  pattern: (2,) on the first and last two maps, (2, 3) in between.
+  sizes, and any size with `conv3_3_map`, use the actual feature map sizes
+  with `default_boxes.paper_prior_config`: steps `image_size / side`, the
+  paper's scale rule (the first map at 0.1, then 0.2 .. 0.9) and the
+  release's ratio pattern: (2,) on the first and last two maps, (2, 3) in
+  between.
 
   Args:
     image_size: input side in pixels.
+    conv3_3_map: the SSD has conv3_3 as its first map (`SSD.conv3_3_map`).
 
   Returns:
-    A PriorConfig whose feature sizes equal `feature_sizes(image_size)`.
+    A PriorConfig whose feature sizes equal `feature_sizes(image_size,
+    conv3_3_map)`.
 
   Raises:
     ValueError: if the input is too small for three source maps.
   """
-  if image_size == 300:
+  if image_size == 300 and not conv3_3_map:
     return SSD300_PRIORS
-  if image_size == 512:
+  if image_size == 512 and not conv3_3_map:
     return SSD512_PRIORS
-  sizes = feature_sizes(image_size)
+  sizes = feature_sizes(image_size, conv3_3_map)
   if len(sizes) < 3 or min(sizes) < 1:
     raise ValueError(
       f"image_size={image_size} is too small for SSD: source maps {sizes};"
@@ -100,9 +108,9 @@ class SSD(nn.Module):
   """The SSD detector on a VGG16 backbone.
 
   Parameters (a flat tree): `vgg` (conv1_1 .. conv5_3, fc6, fc7, each with
-  `kernel` HWIO and `bias`), `conv4_3_norm/scale`, the extra convs
-  `conv8_1`, `conv8_2`, `conv9_1`, ... (paper names), and the heads
-  `loc_k` / `conf_k` for source map k.
+  `kernel` HWIO and `bias`), `conv4_3_norm/scale` (and `conv3_3_norm/scale`
+  with `conv3_3_map`), the extra convs `conv8_1`, `conv8_2`, `conv9_1`, ...
+  (paper names), and the heads `loc_k` / `conf_k` for source map k.
 
   Attributes:
     num_classes: classes including background (21 for VOC).
@@ -111,6 +119,9 @@ class SSD(nn.Module):
     batch_norm: a BatchNorm after every convolution of the trunk and the
       extra blocks (not the heads), running statistics in "batch_stats";
       False is the paper's SSD.
+    conv3_3_map: conv3_3 (stride 4, L2-normalised) as a first source map
+      with its own heads, for objects too small for conv4_3's grid
+      (`VGG16Backbone`); False is the paper's SSD.
     dtype: computation dtype (e.g. jnp.bfloat16); outputs come in it.
     param_dtype: parameter dtype.
     prior_config: the default boxes; None takes `default_prior_config`.
@@ -128,6 +139,7 @@ class SSD(nn.Module):
   image_size: int = 300
   width: float = 1.0
   batch_norm: bool = False
+  conv3_3_map: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   prior_config: PriorConfig | None = None
@@ -138,14 +150,17 @@ class SSD(nn.Module):
     """The default-box config, checked against the network's map sizes.
 
     Returns:
-      `prior_config`, or `default_prior_config(image_size)` when None.
+      `prior_config`, or `default_prior_config(image_size, conv3_3_map)`
+      when None.
 
     Raises:
       ValueError: when the config's image or feature sizes disagree with
         the network's.
     """
-    config = self.prior_config or default_prior_config(self.image_size)
-    sizes = feature_sizes(self.image_size)
+    config = self.prior_config or default_prior_config(
+      self.image_size, self.conv3_3_map
+    )
+    sizes = feature_sizes(self.image_size, self.conv3_3_map)
     if config.image_size != self.image_size or (
       tuple(config.feature_sizes) != sizes
     ):
@@ -169,7 +184,9 @@ class SSD(nn.Module):
     config = self.resolved_prior_config()
     layer = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     norm = dict(width=self.width, batch_norm=self.batch_norm, **layer)
-    self.backbone = VGG16Backbone(cpu_fast_ops=self.cpu_fast_ops, **norm)
+    self.backbone = VGG16Backbone(
+      conv3_3_map=self.conv3_3_map, cpu_fast_ops=self.cpu_fast_ops, **norm
+    )
     self.extras = ExtraLayers(extra_blocks(self.image_size), **norm)
     self.heads = MultiboxHeads(
       self.num_classes,
@@ -210,7 +227,7 @@ class SSD(nn.Module):
         f"SSD(image_size={self.image_size}) expects images of shape "
         f"[B, {self.image_size}, {self.image_size}, 3], got {images.shape}"
       )
-    sources = self.backbone(images, train)  # [conv4_3 (normalised), fc7]
+    sources = self.backbone(images, train)  # [(conv3_3,) conv4_3, fc7]
     extras = self.extras(sources[-1], train)  # [conv8_2, conv9_2, ...]
     return self.heads([*sources, *extras])
 
@@ -247,7 +264,9 @@ def from_config(model_cfg: Any, num_classes: int) -> Any:
       "fitted": the "default" grid, maps, steps and ratios with the sizes
       `prior_min_sizes` / `prior_max_sizes`, tuples of one pixel size per
       map chosen by `default_boxes.fit_prior_config`; VGG models only),
-      and `cpu_fast_ops` ("auto" | "true" | "false" or a bool, default
+      `batch_norm` and `conv3_3_map` (VGG models only, default False; see
+      `SSD`; conv3_3_map with priors "default" or "fitted"), and
+      `cpu_fast_ops` ("auto" | "true" | "false" or a bool, default
       "auto": on when JAX's default backend is the CPU; selects the
       CPU-friendly max-pool gradient, `cpu_ops.max_pool`).
     num_classes: classes including background.
@@ -303,9 +322,15 @@ def from_config(model_cfg: Any, num_classes: int) -> Any:
       f"model.priors={priors!r} exists for image sizes "
       f"{sorted(by_size)}, not model.image_size={image_size}"
     )
+  conv3_3_map = bool(cfg.get("conv3_3_map", False))
+  if conv3_3_map and priors not in ("default", "fitted"):
+    raise ValueError(
+      f"model.priors={priors!r} has no boxes for conv3_3; model.conv3_3_map "
+      "takes model.priors 'default' or 'fitted'"
+    )
   prior_config = by_size and by_size[int(image_size)]
   if priors == "fitted":
-    prior_config = _fitted_prior_config(cfg, int(image_size))
+    prior_config = _fitted_prior_config(cfg, int(image_size), conv3_3_map)
   fast = str(cfg.get("cpu_fast_ops", "auto")).lower()
   if fast not in ("true", "false", "auto"):
     raise ValueError(
@@ -319,20 +344,23 @@ def from_config(model_cfg: Any, num_classes: int) -> Any:
     image_size=int(image_size),
     width=float(cfg.get("width", 1.0)),
     batch_norm=bool(cfg.get("batch_norm", False)),
+    conv3_3_map=conv3_3_map,
     dtype=_DTYPES[cfg.get("dtype", "float32")],
     param_dtype=_DTYPES[cfg.get("param_dtype", "float32")],
     prior_config=prior_config,
   )
 
 
-def _fitted_prior_config(cfg: dict, image_size: int) -> PriorConfig:
+def _fitted_prior_config(
+  cfg: dict, image_size: int, conv3_3_map: bool
+) -> PriorConfig:
   """`default_prior_config` with the config's fitted sizes (priors="fitted").
 
   Raises:
     ValueError: naming `model.prior_min_sizes` / `model.prior_max_sizes`
       when they are unset or not one positive size per map.
   """
-  base = default_prior_config(image_size)
+  base = default_prior_config(image_size, conv3_3_map)
   mins = tuple(float(s) for s in cfg.get("prior_min_sizes") or ())
   maxs = tuple(float(s) for s in cfg.get("prior_max_sizes") or ())
   n = len(base.feature_sizes)
@@ -377,6 +405,11 @@ def _zoo_model(backbone: str, cfg: dict, num_classes: int) -> Any:
     raise ValueError(
       f"model.batch_norm adds BatchNorm to the VGG models; the {backbone} "
       "model has its own: leave model.batch_norm at False"
+    )
+  if cfg.get("conv3_3_map"):
+    raise ValueError(
+      f"model.conv3_3_map adds a VGG map; the {backbone} model has its own "
+      "maps: leave model.conv3_3_map at False"
     )
   extra = {}
   if backbone == "mobilenet_v3_large":

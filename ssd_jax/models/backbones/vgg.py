@@ -9,6 +9,11 @@ with a learnable per-channel scale (ParseNet) before its heads read them:
 `VGG16Backbone` is the trunk plus that normalisation, returning the two
 source maps. Inputs are NHWC; parameters are HWIO kernels and biases.
 
+`conv3_3_map=True` adds conv3_3 (stride 4, L2-normalised like conv4_3) as a
+first source map, for objects too small for conv4_3's stride 8 to cover at
+the matching threshold (a box of 8 px is never within IoU 0.5 of a prior on
+an 8 px grid unless nearly centred on it); the paper's SSD starts at
+conv4_3.
 `batch_norm=True` puts a BatchNorm between every convolution and its ReLU
 (the layout of torchvision's `vgg16_bn`, biases kept): the small VGG then
 trains from scratch with a larger learning rate and in far fewer steps
@@ -43,21 +48,26 @@ def pool_size(size: int, ceil_mode: bool = False) -> int:
   return math.ceil(size / 2) if ceil_mode else size // 2
 
 
-def vgg16_feature_sizes(image_size: int) -> tuple[int, int]:
-  """Sides of conv4_3 and fc7 for a square input, computed arithmetically.
+def vgg16_feature_sizes(
+  image_size: int, conv3_3_map: bool = False
+) -> tuple[int, ...]:
+  """Sides of the source maps for a square input, computed arithmetically.
 
   pool1, pool2 and pool4 round down, pool3 rounds up; pool5 (3x3, stride 1,
   padding 1), fc6 (dilation 6, padding 6) and fc7 keep the size.
 
   Args:
     image_size: input side in pixels.
+    conv3_3_map: include conv3_3's side first.
 
   Returns:
-    (conv4_3 side, fc7 side); 300 gives (38, 19), 512 gives (64, 32).
+    (conv4_3 side, fc7 side), after conv3_3's side with `conv3_3_map`; 300
+    gives (38, 19) or (75, 38, 19), 512 gives (64, 32) or (128, 64, 32).
   """
-  size = pool_size(pool_size(image_size))  # pool1, pool2
-  conv4_3 = pool_size(size, ceil_mode=True)  # pool3
-  return conv4_3, pool_size(conv4_3)  # pool4
+  conv3_3 = pool_size(pool_size(image_size))  # pool1, pool2
+  conv4_3 = pool_size(conv3_3, ceil_mode=True)  # pool3
+  sizes = (conv4_3, pool_size(conv4_3))  # pool4
+  return (conv3_3, *sizes) if conv3_3_map else sizes
 
 
 def max_pool_2x2(
@@ -75,7 +85,7 @@ def max_pool_2x2(
 
 
 class VGG16(nn.Module):
-  """The SSD VGG16 trunk, returning the conv4_3 and fc7 maps.
+  """The SSD VGG16 trunk, returning the conv4_3 and fc7 maps (and conv3_3).
 
   Kernels start Xavier-uniform and biases zero (the release's init for the
   layers it adds; `ssd_jax.weights.from_torchvision_vgg16` gives the
@@ -85,6 +95,7 @@ class VGG16(nn.Module):
     width: channel multiplier (1.0 is VGG16; 0.25 a small CPU variant).
     batch_norm: a BatchNorm `<conv>_bn` after every convolution, before its
       ReLU (running statistics in "batch_stats").
+    conv3_3_map: also return conv3_3, first.
     dtype: computation dtype.
     param_dtype: parameter dtype.
     cpu_fast_ops: use `cpu_ops.max_pool` for the 2x2 stride-2 pools (same
@@ -96,6 +107,7 @@ class VGG16(nn.Module):
 
   width: float = 1.0
   batch_norm: bool = False
+  conv3_3_map: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   cpu_fast_ops: bool = False
@@ -124,7 +136,7 @@ class VGG16(nn.Module):
   @nn.compact
   def __call__(
     self, x: jax.Array, train: bool = False
-  ) -> tuple[jax.Array, jax.Array]:
+  ) -> tuple[jax.Array, ...]:
     """Runs the trunk.
 
     Args:
@@ -133,24 +145,26 @@ class VGG16(nn.Module):
         update the running ones; otherwise unused.
 
     Returns:
+      (conv4_3, fc7), after conv3_3 with `conv3_3_map`:
+      conv3_3: [B, h3, w3, 256 * width] after ReLU (h3 = 75 for H = 300).
       conv4_3: [B, h4, w4, 512 * width] after ReLU, before L2Norm
         (h4 = 38 for H = 300).
       fc7: [B, h7, w7, 1024 * width] after ReLU (h7 = 19 for H = 300).
     """
     x = x.astype(self.dtype)
-    conv4_3 = None
+    maps = []
     for stage, layers in enumerate(VGG16_STAGES):
       if stage > 0:
         # pool3 rounds up.
         x = max_pool_2x2(x, stage == 3, cpu_fast_ops=self.cpu_fast_ops)
       for name, channels in layers:
         x = self._conv_relu(x, train, channels, 3, name)
-      if stage == 3:
-        conv4_3 = x
+      if stage == 3 or (stage == 2 and self.conv3_3_map):
+        maps.append(x)  # conv4_3; conv3_3 before it
     x = nn.max_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)))
     x = self._conv_relu(x, train, FC_CHANNELS, 3, "fc6", padding=6, dilation=6)
     x = self._conv_relu(x, train, FC_CHANNELS, 1, "fc7", padding=0)
-    return conv4_3, x
+    return (*maps, x)
 
 
 class L2Norm(nn.Module):
@@ -195,11 +209,14 @@ class L2Norm(nn.Module):
 class VGG16Backbone(nn.Module):
   """SSD's VGG16 backbone: the trunk and conv4_3's L2Norm, two source maps.
 
-  Parameters: `vgg` (the `VGG16` trunk) and `conv4_3_norm/scale`.
+  Parameters: `vgg` (the `VGG16` trunk) and `conv4_3_norm/scale` (and
+  `conv3_3_norm/scale` with `conv3_3_map`).
 
   Attributes:
     width: channel multiplier (1.0 is VGG16).
     batch_norm: BatchNorm after every convolution (see `VGG16`).
+    conv3_3_map: conv3_3 as a third source map, first, with its own
+      L2Norm (initial scale 20, as conv4_3's).
     dtype: computation dtype; the maps come in it.
     param_dtype: parameter dtype.
     cpu_fast_ops: the trunk's CPU-friendly pool gradient (see `VGG16`).
@@ -207,24 +224,31 @@ class VGG16Backbone(nn.Module):
 
   width: float = 1.0
   batch_norm: bool = False
+  conv3_3_map: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   cpu_fast_ops: bool = False
 
   @staticmethod
-  def feature_sizes(image_size: int) -> tuple[int, int]:
-    """Sides of the two source maps; see `vgg16_feature_sizes`."""
-    return vgg16_feature_sizes(image_size)
+  def feature_sizes(
+    image_size: int, conv3_3_map: bool = False
+  ) -> tuple[int, ...]:
+    """Sides of the source maps; see `vgg16_feature_sizes`."""
+    return vgg16_feature_sizes(image_size, conv3_3_map)
 
   def setup(self):
     self.vgg = VGG16(
       width=self.width,
       batch_norm=self.batch_norm,
+      conv3_3_map=self.conv3_3_map,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
       cpu_fast_ops=self.cpu_fast_ops,
     )
-    self.conv4_3_norm = L2Norm(dtype=self.dtype, param_dtype=self.param_dtype)
+    layer = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    if self.conv3_3_map:
+      self.conv3_3_norm = L2Norm(**layer)
+    self.conv4_3_norm = L2Norm(**layer)
 
   def __call__(self, images: jax.Array, train: bool = False) -> list[jax.Array]:
     """Computes the source maps.
@@ -235,7 +259,12 @@ class VGG16Backbone(nn.Module):
 
     Returns:
       [conv4_3 [B, h4, w4, 512 * width] after L2Norm, fc7 [B, h7, w7,
-      1024 * width]], in `dtype` (h4 = 38, h7 = 19 for H = 300).
+      1024 * width]], in `dtype` (h4 = 38, h7 = 19 for H = 300); with
+      `conv3_3_map`, conv3_3 [B, h3, w3, 256 * width] after its L2Norm
+      first (h3 = 75).
     """
+    if self.conv3_3_map:
+      conv3_3, conv4_3, fc7 = self.vgg(images, train)
+      return [self.conv3_3_norm(conv3_3), self.conv4_3_norm(conv4_3), fc7]
     conv4_3, fc7 = self.vgg(images, train)
     return [self.conv4_3_norm(conv4_3), fc7]
