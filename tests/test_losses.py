@@ -86,6 +86,27 @@ def test_hard_negatives_picks_highest_background_loss():
   np.testing.assert_array_equal(neg, [True] + [False] * 5)
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+  st.integers(0, 2**31 - 1),
+  st.integers(1, 60),
+  st.sampled_from([0.5, 1.0, 3.0, 50.0]),
+)
+def test_hard_negatives_equals_a_sorted_loop_with_ties(seed, p, ratio):
+  """Integer losses (many ties): the hardest first, then the lower index."""
+  rng = np.random.default_rng(seed)
+  bg_loss = rng.integers(0, 4, p).astype(np.float32)
+  positive = rng.uniform(size=p) < rng.uniform(0, 0.5)
+  negs = [i for i in range(p) if not positive[i]]
+  k = min(int(np.floor(ratio * positive.sum())), len(negs))
+  want = np.zeros(p, bool)
+  want[sorted(negs, key=lambda i: (-bg_loss[i], i))[:k]] = True
+  got = losses.hard_negatives(
+    jnp.asarray(bg_loss), jnp.asarray(positive), ratio
+  )
+  np.testing.assert_array_equal(got, want)
+
+
 def test_no_positives_is_zero_with_finite_gradients():
   rng = np.random.default_rng(0)
   loc_pred, logits, loc_t, _ = _random_batch(rng)
