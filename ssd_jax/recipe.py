@@ -7,12 +7,15 @@ nobody tuned it for most depends on, and to log each choice with its reason
 at start-up:
 
 - `model.image_size`: large enough that the small objects (the 10th
-  percentile of the boxes' sqrt(w h)) cover `MIN_OBJECT_PIXELS` pixels,
-  a multiple of 32 in [`MIN_SIZE`, `MAX_SIZE`], and no larger than the
-  images themselves (a 120 px image is not upsampled to 256);
+  percentile of the boxes' sqrt(w h)) cover `MIN_OBJECT_PIXELS` pixels
+  (`MIN_OBJECT_PIXELS_STRIDE4` for a VGG model, which can take conv3_3's
+  stride-4 map), a multiple of 32 in [`MIN_SIZE`, `MAX_SIZE`], and no
+  larger than the images themselves (a 120 px image is not upsampled to
+  256);
 - `num_steps`: `epochs` passes over the training split, where `epochs`
-  falls with the dataset's size and the input size (`EPOCH_BUDGET`: about
-  the same compute for any dataset), with a linear warm-up and x0.1 decays
+  falls with the dataset's size, the input size and conv3_3's map (as
+  many as fit in `TRAIN_SECONDS` at the cost per image measured on 2 CPU
+  cores, `seconds_per_image`), with a linear warm-up and x0.1 decays
   at 75% and 92% of the steps, and checkpoints and evaluations spread over
   the run;
 - `data.augment_config`: the paper's photometric distortions and mirror,
@@ -22,9 +25,13 @@ at start-up:
   `_augmentation`); no mirror when class names come in left/right pairs
   (`mirror_pairs`);
 - for the VGG models, `model.priors = "fitted"`: default boxes fitted to
-  the boxes at the chosen input size (`train.fit_priors`), and
-  `model.batch_norm = True`: a BatchNorm after every convolution of the
-  trunk and the extra blocks (from scratch it learns faster).
+  the boxes at the chosen input size (`train.fit_priors`);
+  `model.conv3_3_map = True` when conv3_3's stride-4 map lets the fitted
+  boxes cover at least `CONV3_3_MIN_GAIN` more of the training boxes (small
+  objects that conv4_3's stride-8 grid cannot reach at the matching
+  threshold); and `model.batch_norm = True`: a BatchNorm after every
+  convolution of the trunk and the extra blocks (from scratch it learns
+  faster).
 
 A field set on the command line (`--config.model.image_size=128`) is the
 user's choice and is kept; the recipe logs it as such. The choices are
@@ -42,7 +49,8 @@ from typing import Any, NamedTuple
 import ml_collections
 import numpy as np
 
-from ssd_jax import analyze
+from ssd_jax import analyze, models
+from ssd_jax import default_boxes as db
 
 RECIPE_FILE = "recipe.json"
 
@@ -50,14 +58,25 @@ RECIPE_FILE = "recipe.json"
 MIN_SIZE = 96
 MAX_SIZE = 256
 # The small objects (10th percentile of sqrt(w h)) should span this many
-# input pixels: below about 10 px a 3x3-conv network cannot tell shapes
-# apart.
+# input pixels where conv4_3's stride 8 is the finest grid (the zoo
+# models): smaller boxes are rarely within the matching IoU of a default
+# box. Where conv3_3's stride-4 map can take them (the VGG models), 8 px
+# (shapes10, 10 classes told apart by shape alone: 0.70 mAP at 128 px,
+# 1,125 steps, against 0.55 at 160 px, 725 steps, in the same time).
 MIN_OBJECT_PIXELS = 12.0
-# Image passes x (input side / 96)^2 for a quick run: 32k images at 96 px,
-# about 8 minutes of training on 2 CPU cores for the BatchNorm model
-# (725 steps of 16 at 160 px, 0.65 s each), 9 minutes with start-up and
-# evaluations.
-EPOCH_BUDGET = 32_000
+MIN_OBJECT_PIXELS_STRIDE4 = 8.0
+# The quick run's training time: epochs are as many as fit in it at the
+# measured cost per image below (8.5 minutes; with start-up and the final
+# evaluation, about 9 of the 10-minute target).
+TRAIN_SECONDS = 510.0
+# Seconds per training image at these input sides: the BatchNorm VGG at
+# width 1/4, batch 16, on the 2-core CPU of the held-out table (whole runs
+# of `experiments/own_data/run_recipe.py` less 30 s of start-up, their two
+# evaluations and checkpoints included). Time grows faster than the area
+# (96 -> 192 px: 4.7x, not 4x); sizes between are interpolated and larger
+# ones extrapolated on a log-log scale.
+COST_SIDES = (96, 128, 160, 192)
+COST_SECONDS = (0.0153, 0.0273, 0.0476, 0.0721)
 MIN_EPOCHS, MAX_EPOCHS = 8, 60
 # Zoom-out keeps the small objects at least this many pixels wide.
 MIN_ZOOMED_PIXELS = 16.0
@@ -65,6 +84,13 @@ MIN_ZOOMED_PIXELS = 16.0
 # aspect ratios (w / h, relative to the image) in this range.
 CROP_MIN_SCALE = 0.7
 CROP_ASPECT = (0.8, 1.25)
+# conv3_3 joins the source maps when it raises the fitted boxes' coverage
+# (boxes whose best default box reaches the matching IoU) by this much.
+CONV3_3_MIN_GAIN = 0.03
+# ... and makes each image this much dearer (its heads at stride 4, 4x the
+# default boxes to match and rank; shapes10, 160 px, BatchNorm, whole runs
+# on 2 cores: 18.9 against 22.9 images/s).
+CONV3_3_COST = 1.2
 
 
 class Choice(NamedTuple):
@@ -107,10 +133,11 @@ def choose(
     fixed: dotted fields set on the command line.
 
   Returns:
-    Choices for model.image_size, model.priors and model.batch_norm (VGG
-    models only: the zoo's other models bring their own default boxes and
-    BatchNorm), num_steps, warmup_steps, lr_schedule, lr_boundaries,
-    eval_every, checkpoint_every and data.augment_config, in that order.
+    Choices for model.image_size, model.priors, model.conv3_3_map and
+    model.batch_norm (VGG models only: the zoo's other models bring their
+    own maps, default boxes and BatchNorm), num_steps, warmup_steps,
+    lr_schedule, lr_boundaries, eval_every, checkpoint_every and
+    data.augment_config, in that order.
 
   Raises:
     ValueError: when the split has no boxes (nothing to adapt to).
@@ -121,6 +148,7 @@ def choose(
       "split has none; set config.recipe='none'"
     )
   choices = []
+  conv3_3 = False
 
   def pick(field: str, value: Any, reason: str) -> Any:
     if field in fixed:
@@ -133,21 +161,38 @@ def choose(
   sizes = analyze.box_size(stats.boxes)  # [M] sqrt(w h), normalised
   small = float(np.quantile(sizes, 0.1))
   image_side = float(np.median(stats.image_sizes.max(axis=1)))
-  want = MIN_OBJECT_PIXELS / max(small, 1e-3)
+  stride4 = _may_take_conv3_3(config, fixed)
+  min_pixels = MIN_OBJECT_PIXELS_STRIDE4 if stride4 else MIN_OBJECT_PIXELS
+  want = min_pixels / max(small, 1e-3)
   cap = max(MIN_SIZE, min(MAX_SIZE, _round_to(image_side, 32)))
   size = pick(
     "model.image_size",
     int(np.clip(32 * math.ceil(want / 32), MIN_SIZE, cap)),
     f"small objects (10th percentile of sqrt(wh): {small:.3f} of the "
-    f"image) span >= {MIN_OBJECT_PIXELS:.0f} px where the images allow "
-    f"(~{image_side:.0f} px: sizes {MIN_SIZE}..{cap})",
+    f"image) span >= {min_pixels:.0f} px "
+    + ("(conv3_3's stride-4 map can take them) " if stride4 else "")
+    + f"where the images allow (~{image_side:.0f} px: sizes "
+    f"{MIN_SIZE}..{cap})",
   )
   if analyze.can_fit(config.model):  # VGG: the zoo brings its own boxes, BN
-    pick(
+    priors = pick(
       "model.priors",
       "fitted",
       "default-box scales fitted to the training boxes (train.fit_priors)",
     )
+    field = "model.conv3_3_map"
+    if field in fixed or priors not in ("default", "fitted"):
+      conv3_3 = pick(field, False, "the named default boxes have no conv3_3")
+    else:
+      cover = [_coverage(stats, config, size, priors, m) for m in (0, 1)]
+      conv3_3 = pick(
+        field,
+        cover[1] - cover[0] >= CONV3_3_MIN_GAIN,
+        f"with conv3_3's stride-4 map the default boxes ({priors}) cover "
+        f"{cover[1]:.1%} of the training boxes, without {cover[0]:.1%} "
+        f"(IoU >= {float(config.iou_threshold):g}; added for a gain >= "
+        f"{CONV3_3_MIN_GAIN:.0%})",
+      )
     pick(
       "model.batch_norm",
       True,
@@ -156,12 +201,16 @@ def choose(
       "steps with it, 0.43 after 900 without)",
     )
   batch = int(config.batch_size)
-  epochs = EPOCH_BUDGET / stats.num_images / (size / 96) ** 2
+  cost = seconds_per_image(size, conv3_3)
+  epochs = TRAIN_SECONDS / stats.num_images / cost
   epochs = int(np.clip(round(epochs), MIN_EPOCHS, MAX_EPOCHS))
   steps = pick(
     "num_steps",
     max(1, math.ceil(epochs * stats.num_images / batch)),
-    f"{epochs} epochs of {stats.num_images} images at batch {batch}",
+    f"{epochs} epochs of {stats.num_images} images at batch {batch}: "
+    f"{TRAIN_SECONDS / 60:.1f} min at ~{cost * 1e3:.0f} ms per image "
+    f"({size} px" + (", conv3_3's map" if conv3_3 else "") + ", measured "
+    f"on 2 CPU cores), within {MIN_EPOCHS}..{MAX_EPOCHS} epochs",
   )
   pick("warmup_steps", max(1, steps // 20), "5% of the steps")
   schedule = pick(
@@ -183,6 +232,65 @@ def choose(
   field = "data.augment_config"
   pick(field, *_augmentation(small, size, stats.class_names))
   return choices
+
+
+def _may_take_conv3_3(
+  config: ml_collections.ConfigDict, fixed: Collection[str]
+) -> bool:
+  """Whether the model can get conv3_3's map: a VGG model whose
+  conv3_3_map is on or left to the recipe, with default boxes by the rule
+  (not a named set)."""
+  model = config.model
+  if not analyze.can_fit(model):
+    return False
+  if "model.conv3_3_map" in fixed:
+    return bool(model.get("conv3_3_map", False))
+  return "model.priors" not in fixed or model.get("priors") in (
+    "default",
+    "fitted",
+  )
+
+
+def _coverage(
+  stats: analyze.DatasetStats,
+  config: ml_collections.ConfigDict,
+  size: int,
+  priors: str,
+  conv3_3_map: bool,
+) -> float:
+  """Coverage of the training boxes by a VGG SSD's default boxes at `size`.
+
+  `priors` "fitted": boxes fitted to `stats` (`analyze.fitted_prior_config`);
+  "default": the model's own rule.
+  """
+  model_cfg = {
+    **config.model.to_dict(),
+    "image_size": size,
+    "conv3_3_map": bool(conv3_3_map),
+    "priors": priors,
+  }
+  cfg = ml_collections.ConfigDict({**config.to_dict(), "model": model_cfg})
+  prior_config = (
+    analyze.fitted_prior_config(cfg, stats)
+    if priors == "fitted"
+    else models.default_prior_config(size, bool(conv3_3_map))
+  )
+  return analyze.prior_coverage(
+    stats.boxes, db.prior_boxes(prior_config), float(config.iou_threshold)
+  ).coverage
+
+
+def seconds_per_image(size: int, conv3_3_map: bool = False) -> float:
+  """Measured training seconds per image at an input side (`COST_SIDES`).
+
+  Log-log interpolation between the measured sides, the end segments'
+  slopes beyond them; `CONV3_3_COST` times more with conv3_3's map.
+  """
+  x, y = np.log(COST_SIDES), np.log(COST_SECONDS)
+  t = float(np.log(size))
+  k = int(np.clip(np.searchsorted(x, t) - 1, 0, len(x) - 2))
+  log_cost = y[k] + (t - x[k]) * (y[k + 1] - y[k]) / (x[k + 1] - x[k])
+  return float(np.exp(log_cost)) * (CONV3_3_COST if conv3_3_map else 1.0)
 
 
 def mirror_pairs(class_names: Sequence[str]) -> list[tuple[str, str]]:

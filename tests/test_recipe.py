@@ -8,6 +8,7 @@ import pytest
 
 from ssd_jax import analyze, recipe
 from ssd_jax import config as config_lib
+from ssd_jax import default_boxes as db
 
 
 def _stats(sizes, image_hw=(160, 160), num_images=None, seed=0):
@@ -51,11 +52,25 @@ def test_image_size_follows_the_small_objects_and_the_images():
   }
   for value in size.values():
     assert value % 32 == 0 and recipe.MIN_SIZE <= value <= recipe.MAX_SIZE
-  # The 10th percentile of U(0.06, 0.3) is 0.084: 12 / 0.084 = 143 -> 160.
-  assert size["small"] == 160
+  # The 10th percentile of U(0.06, 0.3) is 0.084: a VGG model, which can
+  # take conv3_3's stride-4 map, wants 8 / 0.084 = 95 -> 96 px; without it
+  # 12 / 0.084 = 143 -> 160.
+  assert size["small"] == 96
   assert size["large"] == recipe.MIN_SIZE
-  # 120 px images are not upsampled beyond their own size (rounded to 32).
+  # 120 px images are not upsampled beyond their own size (rounded to 32):
+  # U(0.05, 0.3) wants 8 / 0.075 = 107 -> 128, the cap.
   assert size["tiny"] == 128
+  stride8 = [
+    ("model.backbone", "mobilenet_v3_large", set()),
+    ("model.conv3_3_map", False, {"model.conv3_3_map"}),
+    ("model.priors", "coco", {"model.priors"}),
+  ]
+  for field, value, fixed in stride8:
+    config = _config()
+    config.model[field.split(".")[1]] = value
+    by = _by_field(recipe.choose(small, config, fixed))
+    assert by["model.image_size"].value == 160, field
+    assert "conv3_3" not in by["model.image_size"].reason
 
 
 def test_schedule_is_in_epochs_and_bounded():
@@ -206,3 +221,75 @@ def test_no_mirror_when_classes_are_mirror_images():
   guarded = _by_field(recipe.choose(stats, _config()))["data.augment_config"]
   assert guarded.value["flip_prob"] == 0.0
   assert "no mirror: it turns arrow_left into arrow_right" in guarded.reason
+
+
+def _fitted_coverage(stats, size, conv3_3_map):
+  """Coverage of the fitted boxes, by default_boxes' own per-box loop."""
+  config = _config()
+  config.model.update(image_size=size, conv3_3_map=conv3_3_map, priors="fitted")
+  fitted = analyze.fitted_prior_config(config, stats)
+  best, _ = db.box_coverage(stats.boxes, db.prior_boxes(fitted), 0.5)
+  return float(np.mean(best >= 0.5))
+
+
+def test_conv3_3_map_when_it_covers_the_small_boxes():
+  rng = np.random.default_rng(3)
+  small = _stats(
+    np.concatenate([rng.uniform(0.04, 0.07, 60), rng.uniform(0.1, 0.4, 140)])
+  )
+  large = _stats(rng.uniform(0.25, 0.6, 200))
+  for stats, want in [(small, True), (large, False)]:
+    by = _by_field(recipe.choose(stats, _config()))
+    size = by["model.image_size"].value
+    plain, with_c33 = (_fitted_coverage(stats, size, m) for m in (False, True))
+    assert (with_c33 - plain >= recipe.CONV3_3_MIN_GAIN) is want
+    assert by["model.conv3_3_map"].value is want
+    assert f"{with_c33:.1%}" in by["model.conv3_3_map"].reason
+    assert f"{plain:.1%}" in by["model.conv3_3_map"].reason
+  assert (
+    _fitted_coverage(small, 160, True)
+    > 0.95
+    > _fitted_coverage(small, 160, False) + 0.1
+  )
+  kept = _by_field(recipe.choose(small, _config(), fixed={"model.conv3_3_map"}))
+  assert kept["model.conv3_3_map"].value is False
+  assert kept["model.conv3_3_map"].source == "command line"
+  named = _by_field(recipe.choose(small, _config(), fixed={"model.priors"}))
+  assert named["model.priors"].value == "default"  # the config's
+  assert "default boxes (default)" in named["model.conv3_3_map"].reason
+
+
+def test_seconds_per_image_is_the_measured_table_between_and_beyond():
+  for side, seconds in zip(recipe.COST_SIDES, recipe.COST_SECONDS, strict=True):
+    assert recipe.seconds_per_image(side) == pytest.approx(seconds)
+  # Between two measured sides: a power law through both.
+  lo, hi = recipe.COST_SIDES[1:3]
+  c_lo, c_hi = recipe.COST_SECONDS[1:3]
+  mid = 144
+  power = np.log(c_hi / c_lo) / np.log(hi / lo)
+  want = c_lo * (mid / lo) ** power
+  assert recipe.seconds_per_image(mid) == pytest.approx(want)
+  sides = np.arange(64, 320, 16)
+  costs = [recipe.seconds_per_image(int(s)) for s in sides]
+  assert np.all(np.diff(costs) > 0)
+  assert recipe.seconds_per_image(160, True) == pytest.approx(
+    recipe.CONV3_3_COST * recipe.COST_SECONDS[2]
+  )
+
+
+def test_epochs_fill_the_training_time_at_the_measured_cost():
+  config = _config()
+  rng = np.random.default_rng(4)
+  seen = set()
+  for sizes in (rng.uniform(0.02, 0.3, 300), rng.uniform(0.045, 0.3, 300)):
+    stats = _stats(sizes, num_images=400)
+    by = _by_field(recipe.choose(stats, config))
+    cost = recipe.seconds_per_image(
+      by["model.image_size"].value, by["model.conv3_3_map"].value
+    )
+    epochs = int(round(recipe.TRAIN_SECONDS / 400 / cost))
+    assert recipe.MIN_EPOCHS < epochs < recipe.MAX_EPOCHS
+    assert by["num_steps"].value == -(-epochs * 400 // config.batch_size)
+    assert f"{epochs} epochs of 400 images" in by["num_steps"].reason
+    seen.add(by["model.image_size"].value)
+  assert seen == {128, 160}
