@@ -227,7 +227,7 @@ def choose(
       (int(0.75 * steps), int(0.92 * steps)),
       "x0.1 at 75% and 92% of the steps",
     )
-  pick("eval_every", max(1, steps // 2), "halfway and at the end")
+  pick("eval_every", max(1, math.ceil(steps / 2)), "halfway and at the end")
   pick("checkpoint_every", max(1, steps // 5), "5 checkpoints per run")
   field = "data.augment_config"
   pick(field, *_augmentation(small, size, stats.class_names))
