@@ -505,6 +505,12 @@ def test_run_recipe_runs_reads_and_writes(load_experiment, tiny_sets, tmp_path):
   saved = json.loads((results / "own_data_2026-01-02.json").read_text())
   assert saved["overrides"] == ["--config.num_steps=50"]
   assert saved["runs"][1]["command"][-1] == "--config.num_steps=50"
+  # No path of this machine in the record: placeholders instead.
+  assert saved["data"] == "DATA"
+  assert saved["runs"][0]["workdir"] == "RUNS/shapes10"
+  assert saved["runs"][0]["command"][0] == "python"
+  assert "--config.data.root=DATA/shapes10" in saved["runs"][0]["command"]
+  assert str(tmp_path) not in json.dumps(saved)
   with pytest.raises(FileExistsError, match="exists"):
     run_recipe.run_set("shapes10", str(out / "shapes10"),
                        str(tmp_path / "runs" / "shapes10"), 60)  # fmt: skip

@@ -40,7 +40,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from ssd_jax.data import voc_folder
 from ssd_jax.evaluator import EVAL_RESULTS
@@ -225,6 +225,23 @@ def run_set(
   return row, command
 
 
+def portable(value: Any, paths: dict[str, str]) -> Any:
+  """`value` (JSON-like) with each path prefix replaced by its placeholder.
+
+  The results record names the data folder "DATA", the workdirs' root
+  "RUNS" and the interpreter "python", so that a committed record holds no
+  path of the machine it ran on. Longer prefixes are replaced first.
+  """
+  if isinstance(value, dict):
+    return {k: portable(v, paths) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [portable(v, paths) for v in value]
+  if isinstance(value, str):
+    for prefix in sorted(paths, key=len, reverse=True):
+      value = value.replace(prefix, paths[prefix])
+  return value
+
+
 def format_table(rows: Sequence[Row]) -> str:
   """A markdown table: set, images, classes, steps, minutes, mAP@0.5."""
   lines = [
@@ -318,6 +335,10 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
       {**r, "mAP": None if math.isnan(r["mAP"]) else r["mAP"]} for r in runs
     ],
   }
+  record = portable(
+    record,
+    {data: "DATA", os.path.abspath(root): "RUNS", args.python: "python"},
+  )
   with open(stem + ".json", "w") as f:
     json.dump(record, f, indent=1)
   return rows
