@@ -43,8 +43,9 @@ def hard_negatives(
   ranking = jnp.where(positive, -jnp.inf, background_loss)
   # The num_neg-th largest loss is the threshold: every negative above it
   # is kept, and of those equal to it the lowest indices fill the rest. A
-  # sort of the values alone: a stable argsort and the scatter of its ranks
-  # cost 4x more at P = 9,590.
+  # sort of the values alone: the stable argsort and scatter of ranks it
+  # replaces cost 1.1-1.2x more on XLA CPU (SSD300, batch 32: 61 against
+  # 52 ms).
   sorted_desc = -jnp.sort(-ranking)  # [P]
   threshold = sorted_desc[jnp.maximum(num_neg - 1, 0)]
   above = ranking > threshold

@@ -107,8 +107,9 @@ def match(
   # Rule 1: best prior of each real ground truth (lowest index on ties).
   # Where several boxes claim one prior the higher IoU wins, then the lower
   # box index: a scatter-max of the claims' IoUs, then a scatter-min of the
-  # winning boxes' indices (two scatters of M values; a loop over the boxes
-  # with scalar updates cost 11x more at P = 9,590, M = 64, batch 16).
+  # winning boxes' indices (two scatters of M values; the loop over the
+  # boxes with scalar updates it replaces made `match_batch` 1.2-1.3x
+  # dearer on XLA CPU: SSD300 batch 32, 10 boxes, 8.4 against 6.5 ms).
   best_prior, best_prior_iou = _first_argmax(iou, 1)  # [M], [M]
   claims = valid & (best_prior_iou > 0)  # [M]
   claim_iou = jnp.where(claims, best_prior_iou, -jnp.inf)  # [M]
