@@ -309,9 +309,25 @@ def fitted_prior_config(
       f"model.backbone={config.model.backbone!r} brings its own default "
       "boxes; fitted default boxes apply to the VGG models (vgg16)"
     )
-  base = _model(config, stats).resolved_prior_config()  # the model's rule
   boxes = np.asarray(stats.boxes, np.float32)
-  return _fit(base, boxes.tobytes(), float(config.iou_threshold))
+  return _fit(
+    rule_prior_config(config, stats),
+    boxes.tobytes(),
+    float(config.iou_threshold),
+  )
+
+
+def rule_prior_config(
+  config: ml_collections.ConfigDict, stats: DatasetStats
+) -> db.PriorConfig:
+  """The config's VGG model's default boxes by the model's own rule.
+
+  `models.default_prior_config` at the model's input size, with its
+  `conv3_3_map`, whatever `model.priors` names: the boxes
+  `fitted_prior_config` starts from and is compared with.
+  """
+  model = _model(config, stats)
+  return models.default_prior_config(model.image_size, model.conv3_3_map)
 
 
 @functools.lru_cache(maxsize=8)

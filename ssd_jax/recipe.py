@@ -49,7 +49,7 @@ from typing import Any, NamedTuple
 import ml_collections
 import numpy as np
 
-from ssd_jax import analyze, models
+from ssd_jax import analyze
 from ssd_jax import default_boxes as db
 
 RECIPE_FILE = "recipe.json"
@@ -273,7 +273,7 @@ def _coverage(
   prior_config = (
     analyze.fitted_prior_config(cfg, stats)
     if priors == "fitted"
-    else models.default_prior_config(size, bool(conv3_3_map))
+    else analyze.rule_prior_config(cfg, stats)
   )
   return analyze.prior_coverage(
     stats.boxes, db.prior_boxes(prior_config), float(config.iou_threshold)

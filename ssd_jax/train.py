@@ -252,9 +252,7 @@ def fit_priors(
   else:
     stats = analyze.dataset_stats(config.data, "train")
     fitted = analyze.fitted_prior_config(config, stats)
-    base = models.default_prior_config(
-      fitted.image_size, bool(config.model.get("conv3_3_map", False))
-    )
+    base = analyze.rule_prior_config(config, stats)
     threshold = float(config.iou_threshold)
     before, after = (
       analyze.prior_coverage(stats.boxes, db.prior_boxes(c), threshold)

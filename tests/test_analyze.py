@@ -278,3 +278,29 @@ def test_command_line(voc_folder, tmp_path):
   )
   assert missing.returncode == 2
   assert "error: config.data.root=" in missing.stderr
+
+
+def test_fit_starts_from_the_rule_whatever_priors_name():
+  """The fit's base is the model's own rule (with its conv3_3_map), not a
+  named box set: SSD300 with the release's COCO boxes fits as "fitted"."""
+  stats = analyze.dataset_stats(load_config("shapes", "small").data)
+  config = load_config("shapes", "small")
+  config.model.update(name="ssd300", image_size=300)
+  rule = analyze.rule_prior_config(config, stats)
+  assert rule == models.default_prior_config(300) == db.SSD300_PRIORS
+  fits = {}
+  for priors in ("fitted", "coco"):
+    config.model.priors = priors
+    assert analyze.rule_prior_config(config, stats) == db.SSD300_PRIORS
+    fits[priors] = analyze.fitted_prior_config(config, stats)
+  assert fits["coco"] == fits["fitted"]
+  assert type(fits["coco"]) is db.PriorConfig
+  config.model.update(
+    name="ssd", image_size=96, priors="fitted", conv3_3_map=True
+  )
+  rule = analyze.rule_prior_config(config, stats)
+  assert rule == models.default_prior_config(96, conv3_3_map=True)
+  assert (
+    analyze.fitted_prior_config(config, stats).feature_sizes
+    == rule.feature_sizes
+  )
