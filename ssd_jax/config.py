@@ -76,6 +76,7 @@ def _data_fields() -> ml_collections.ConfigDict:
       "num_parallel_calls": p(int),
       "num_threads": p(int),
       "prefetch": p(int),
+      "autotune": p(bool),
     }
   )
 

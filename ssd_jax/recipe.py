@@ -24,6 +24,9 @@ at start-up:
   schedule those slowed learning far more than they helped: see
   `_augmentation`); no mirror when class names come in left/right pairs
   (`mirror_pairs`);
+- `data.max_boxes`: the training images' most boxes (rounded up to
+  `PAD_MULTIPLE`) rather than the config's padding, which matching pays
+  for; evaluation keeps the config's (`data.eval_max_boxes`);
 - for the VGG models, `model.priors = "fitted"`: default boxes fitted to
   the boxes at the chosen input size (`train.fit_priors`);
   `model.conv3_3_map = True` when conv3_3's stride-4 map lets the fitted
@@ -43,13 +46,13 @@ model is rebuilt as it was trained even if the data changed.
 import json
 import math
 import os
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, NamedTuple
 
 import ml_collections
 import numpy as np
 
-from ssd_jax import analyze
+from ssd_jax import analyze, models
 from ssd_jax import default_boxes as db
 
 RECIPE_FILE = "recipe.json"
@@ -95,6 +98,9 @@ CONV3_3_MIN_GAIN = 0.03
 # default boxes to match and rank): whole runs at 96 px, 18.0 ms per image
 # with it (grey_similar, textures) against 16.0 without (large_few).
 CONV3_3_COST = 1.13
+# data.max_boxes: the training split's most boxes per image, rounded up to
+# a multiple of this.
+PAD_MULTIPLE = 8
 
 
 class Choice(NamedTuple):
@@ -140,8 +146,9 @@ def choose(
     Choices for model.image_size, model.priors, model.conv3_3_map and
     model.batch_norm (VGG models only: the zoo's other models bring their
     own maps, default boxes and BatchNorm), num_steps, warmup_steps,
-    lr_schedule, lr_boundaries, eval_every, checkpoint_every and
-    data.augment_config, in that order.
+    lr_schedule, lr_boundaries, eval_every, checkpoint_every,
+    data.augment_config, data.max_boxes and data.eval_max_boxes, in that
+    order.
 
   Raises:
     ValueError: when the split has no boxes (nothing to adapt to).
@@ -185,7 +192,7 @@ def choose(
       "default-box scales fitted to the training boxes (train.fit_priors)",
     )
     field = "model.conv3_3_map"
-    if field in fixed or priors not in ("default", "fitted"):
+    if field in fixed or priors not in models.CONV3_3_PRIORS:
       conv3_3 = pick(field, False, "the named default boxes have no conv3_3")
     else:
       cover = [_coverage(stats, config, size, priors, m) for m in (0, 1)]
@@ -235,7 +242,38 @@ def choose(
   pick("checkpoint_every", max(1, steps // 5), "5 checkpoints per run")
   field = "data.augment_config"
   pick(field, *_augmentation(small, size, stats.class_names))
+  _pick_padding(stats, config, pick)
   return choices
+
+
+def _pick_padding(
+  stats: analyze.DatasetStats,
+  config: ml_collections.ConfigDict,
+  pick: Callable[[str, Any, str], Any],
+) -> None:
+  """data.max_boxes: the most boxes in one training image, not the config's
+  padding; data.eval_max_boxes: the config's evaluation padding, kept.
+
+  Matching builds an [M, P] IoU per image over the M padded boxes, so
+  padding to 64 boxes what holds at most 4 makes it 16x dearer for nothing.
+  Training never sees more boxes than an image holds (the crops only drop
+  some), so the targets are the same.
+  """
+  configured = int(config.data.get("max_boxes") or 100)
+  counts = np.bincount(stats.image_index, minlength=stats.num_images)
+  most = int(counts.max()) if counts.size else 0
+  pick(
+    "data.max_boxes",
+    min(configured, max(PAD_MULTIPLE, -(-most // PAD_MULTIPLE) * PAD_MULTIPLE)),
+    f"the most boxes in one training image: {most} (padded to a multiple "
+    f"of {PAD_MULTIPLE}, at most the config's {configured}); matching's "
+    "cost grows with the padded boxes",
+  )
+  pick(
+    "data.eval_max_boxes",
+    int(config.data.get("eval_max_boxes") or configured),
+    "the config's evaluation padding (test images may hold more boxes)",
+  )
 
 
 def _may_take_conv3_3(
@@ -249,9 +287,8 @@ def _may_take_conv3_3(
     return False
   if "model.conv3_3_map" in fixed:
     return bool(model.get("conv3_3_map", False))
-  return "model.priors" not in fixed or model.get("priors") in (
-    "default",
-    "fitted",
+  return (
+    "model.priors" not in fixed or model.get("priors") in models.CONV3_3_PRIORS
   )
 
 

@@ -249,3 +249,23 @@ def test_shard_range_covers_each_example_once():
     pipeline.shard_range(4, (2, 2))
   with pytest.raises(ValueError, match="0 <= index < count"):
     pipeline.shard_range(4, (0, 0))
+
+
+def test_options_autotune_off_unless_asked_and_thread_pool_from_config():
+  default = pipeline._options(SYN)
+  assert default.autotune.enabled is False
+  assert default.deterministic is True
+  assert default.threading.max_intra_op_parallelism == 1
+  tuned = pipeline._options({**SYN, "autotune": True, "num_threads": 3})
+  assert tuned.autotune.enabled is True
+  assert tuned.threading.private_threadpool_size == 3
+  # Both iterators give the same batches: the option changes speed only.
+  a = pipeline.create_train_iterator(
+    SYN, image_size=32, global_batch_size=4, seed=0, num_devices=1
+  )
+  b = pipeline.create_train_iterator(
+    {**SYN, "autotune": True}, image_size=32, global_batch_size=4, seed=0,
+    num_devices=1,
+  )  # fmt: skip
+  pairs = zip(_take(a, 3), _take(b, 3), strict=True)
+  assert all(_equal(x, y) for x, y in pairs)

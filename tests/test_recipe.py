@@ -296,3 +296,36 @@ def test_epochs_fill_the_training_time_at_the_measured_cost():
     assert f"{epochs} epochs of 400 images" in by["num_steps"].reason
     seen.add(by["model.image_size"].value)
   assert seen == {128, 160}
+
+
+def test_padding_follows_the_most_boxes_per_image_and_eval_keeps_its_own():
+  config = _config()  # data.max_boxes = 64, no eval_max_boxes
+  sizes = np.full(40, 0.2)
+  stats = _stats(sizes, num_images=10)  # 4 boxes per image
+  by = _by_field(recipe.choose(stats, config))
+  assert by["data.max_boxes"].value == recipe.PAD_MULTIPLE
+  assert "most boxes in one training image: 4" in by["data.max_boxes"].reason
+  assert by["data.eval_max_boxes"].value == 64
+  # One crowded image sets it: 13 boxes -> 16.
+  crowded = stats._replace(
+    boxes=np.concatenate([stats.boxes, stats.boxes[:9]]),
+    labels=np.concatenate([stats.labels, stats.labels[:9]]),
+    image_index=np.concatenate([stats.image_index, np.full(9, 3, np.int32)]),
+    difficult=np.zeros(49, bool),
+  )
+  by = _by_field(recipe.choose(crowded, config))
+  assert by["data.max_boxes"].value == 16
+  # Never above the config's padding; a set field is kept.
+  config.data.max_boxes = 12
+  by = _by_field(recipe.choose(crowded, config))
+  assert by["data.max_boxes"].value == 12
+  assert by["data.eval_max_boxes"].value == 12
+  config.data.eval_max_boxes = 200
+  by = _by_field(recipe.choose(crowded, config, fixed={"data.max_boxes"}))
+  assert by["data.max_boxes"].source == "command line"
+  assert by["data.eval_max_boxes"].value == 200
+  # The resolved config pads training to the choice, evaluation as before.
+  fresh = _config()
+  resolved = recipe.apply(fresh, recipe.choose(stats, fresh))
+  assert resolved.data.max_boxes == recipe.PAD_MULTIPLE
+  assert resolved.data.eval_max_boxes == 64

@@ -43,7 +43,9 @@ optional):
 - synthetic: num_train (2000), num_eval (200), synthetic_image_size (128),
   max_objects (5), min_object_size (0.1), max_object_size (0.5),
   synthetic_seed (0).
-- num_parallel_calls (AUTOTUNE), num_threads (CPU count), prefetch (2).
+- num_parallel_calls (AUTOTUNE), num_threads (CPU count), prefetch (2),
+  autotune (False: tf.data's autotuning off, the AUTOTUNE maps as wide as
+  the `num_threads` pool; see `pipeline._options`).
 
 Importing this package does not import TensorFlow: it exports the TF-free
 names only (the image constants and pixel helpers of `image.py`, the VOC

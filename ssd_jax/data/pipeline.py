@@ -128,12 +128,21 @@ def _pad(x: tf.Tensor, size: int) -> tf.Tensor:
 
 
 def _options(cfg) -> tf.data.Options:
+  """The pipelines' tf.data options: deterministic, `num_threads` threads.
+
+  tf.data's autotuning is off unless `data.autotune` is True: its model
+  thread kept a finished training iterator alive for up to a minute before
+  the process could return (0-52 s, uniformly spread, in the 10-minute CPU
+  runs of `experiments/own_data/run_recipe.py`; TF 2.21), and without it
+  the AUTOTUNE maps run as wide as the thread pool, which fed the 2-core
+  training as fast (52 against 49 images/s at 96 px, one run each).
+  """
   options = tf.data.Options()
   options.deterministic = True
   threads = int(dataset.field(cfg, "num_threads", os.cpu_count() or 1))
   options.threading.private_threadpool_size = threads
   options.threading.max_intra_op_parallelism = 1
-  options.autotune.enabled = True
+  options.autotune.enabled = bool(dataset.field(cfg, "autotune", False))
   return options
 
 

@@ -21,6 +21,7 @@ from ssd_jax.models.backbones.vgg import VGG16, L2Norm
 from ssd_jax.models.extras import extra_blocks
 from ssd_jax.models.ssd import (
   BACKBONES,
+  CONV3_3_PRIORS,
   SSD,
   SSD300,
   SSD512,
@@ -34,6 +35,7 @@ from ssd_jax.models.variables import as_variables, normalization_of
 
 __all__ = [
   "BACKBONES",
+  "CONV3_3_PRIORS",
   "SSD",
   "SSD300",
   "SSD300ResNet50",

@@ -240,6 +240,9 @@ BACKBONES = ("vgg16", "resnet50", "mobilenet_v3_large")
 _FIXED_SIZES = {"ssd300": 300, "ssd512": 512}
 # The pixel sizes of model.priors="fitted" (`default_boxes.fit_prior_config`).
 _PRIOR_SIZES = ("prior_min_sizes", "prior_max_sizes")
+# The model.priors that have boxes for conv3_3's map (model.conv3_3_map):
+# the paper's rule and boxes fitted from it; the named sets have none.
+CONV3_3_PRIORS = ("default", "fitted")
 
 
 def from_config(model_cfg: Any, num_classes: int) -> Any:
@@ -265,7 +268,7 @@ def from_config(model_cfg: Any, num_classes: int) -> Any:
       `prior_min_sizes` / `prior_max_sizes`, tuples of one pixel size per
       map chosen by `default_boxes.fit_prior_config`; VGG models only),
       `batch_norm` and `conv3_3_map` (VGG models only, default False; see
-      `SSD`; conv3_3_map with priors "default" or "fitted"), and
+      `SSD`; conv3_3_map with the priors of `CONV3_3_PRIORS`), and
       `cpu_fast_ops` ("auto" | "true" | "false" or a bool, default
       "auto": on when JAX's default backend is the CPU; selects the
       CPU-friendly max-pool gradient, `cpu_ops.max_pool`).
@@ -323,10 +326,10 @@ def from_config(model_cfg: Any, num_classes: int) -> Any:
       f"{sorted(by_size)}, not model.image_size={image_size}"
     )
   conv3_3_map = bool(cfg.get("conv3_3_map", False))
-  if conv3_3_map and priors not in ("default", "fitted"):
+  if conv3_3_map and priors not in CONV3_3_PRIORS:
     raise ValueError(
       f"model.priors={priors!r} has no boxes for conv3_3; model.conv3_3_map "
-      "takes model.priors 'default' or 'fitted'"
+      f"takes model.priors {' or '.join(map(repr, CONV3_3_PRIORS))}"
     )
   prior_config = by_size and by_size[int(image_size)]
   if priors == "fitted":
