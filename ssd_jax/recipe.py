@@ -54,6 +54,7 @@ import numpy as np
 
 from ssd_jax import analyze, models
 from ssd_jax import default_boxes as db
+from ssd_jax.data import dataset
 
 RECIPE_FILE = "recipe.json"
 
@@ -259,9 +260,8 @@ def _pick_padding(
   Training never sees more boxes than an image holds (the crops only drop
   some), so the targets are the same.
   """
-  configured = int(config.data.get("max_boxes") or 100)
-  counts = np.bincount(stats.image_index, minlength=stats.num_images)
-  most = int(counts.max()) if counts.size else 0
+  configured = dataset.max_boxes(config.data)
+  most = int(np.bincount(stats.image_index).max())  # choose: >= 1 box
   pick(
     "data.max_boxes",
     min(configured, max(PAD_MULTIPLE, -(-most // PAD_MULTIPLE) * PAD_MULTIPLE)),
@@ -271,7 +271,7 @@ def _pick_padding(
   )
   pick(
     "data.eval_max_boxes",
-    int(config.data.get("eval_max_boxes") or configured),
+    dataset.max_boxes(config.data, train=False),
     "the config's evaluation padding (test images may hold more boxes)",
   )
 

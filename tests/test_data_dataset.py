@@ -140,3 +140,13 @@ def test_vocdevkit_table_reads_07_12_and_logs_counts(tmp_path, caplog):
   # A tfds split spec reads the same images from the folders.
   same = dataset.table({**cfg, "eval_split": "2007:test"}, train=False)
   assert list(same["image_id"]) == list(test["image_id"])
+
+
+def test_max_boxes_defaults_and_eval_falls_back_to_training():
+  assert dataset.max_boxes({}) == dataset.max_boxes({}, train=False) == 100
+  assert dataset.max_boxes({"max_boxes": None}) == 100  # a placeholder
+  cfg = {"max_boxes": 8}
+  assert dataset.max_boxes(cfg) == dataset.max_boxes(cfg, train=False) == 8
+  cfg = {"max_boxes": 8, "eval_max_boxes": 64}
+  assert dataset.max_boxes(cfg) == 8
+  assert dataset.max_boxes(cfg, train=False) == 64

@@ -49,6 +49,13 @@ def field(cfg, key, default=None):
   return default if value is None else value
 
 
+def max_boxes(cfg, train: bool = True) -> int:
+  """Padded ground-truth boxes per image: `max_boxes` (default 100) for
+  training, `eval_max_boxes` (default `max_boxes`) for evaluation."""
+  padding = int(field(cfg, "max_boxes", 100))
+  return padding if train else int(field(cfg, "eval_max_boxes", padding))
+
+
 def source(cfg) -> str:
   """The config's `source`, checked against `SOURCES`."""
   kind = field(cfg, "source")

@@ -224,7 +224,7 @@ def create_train_iterator(
   devices = num_devices or jax.local_device_count()
   host, hosts = jax.process_index(), jax.process_count()
   batch = check_batch_split(global_batch_size, devices, hosts)
-  max_boxes = int(dataset.field(data_cfg, "max_boxes", 100))
+  max_boxes = dataset.max_boxes(data_cfg)
   train_difficult = bool(dataset.field(data_cfg, "train_difficult", True))
   use_augment = bool(dataset.field(data_cfg, "augment", True))
   aug_cfg = _augment_config(data_cfg)
@@ -360,8 +360,7 @@ def create_eval_iterator(
   configure_tensorflow()
   if batch_size <= 0:
     raise ValueError(f"batch_size must be positive, got {batch_size}")
-  max_boxes = int(dataset.field(data_cfg, "max_boxes", 100))
-  max_boxes = int(dataset.field(data_cfg, "eval_max_boxes", max_boxes))
+  max_boxes = dataset.max_boxes(data_cfg, train=False)
 
   def process(index, ex):
     return {
