@@ -2,7 +2,7 @@
 
 `config.recipe = "quick"` (the default of `configs/voc_folder.py:small`)
 asks training to choose, from the training split's boxes
-(`analyze.dataset_stats`), the settings that a short CPU run on a dataset
+(`box_stats.dataset_stats`), the settings that a short CPU run on a dataset
 nobody tuned it for most depends on, and to log each choice with its reason
 at start-up:
 
@@ -52,7 +52,7 @@ from typing import Any, NamedTuple
 import ml_collections
 import numpy as np
 
-from ssd_jax import analyze, models
+from ssd_jax import box_stats, models
 from ssd_jax import default_boxes as db
 from ssd_jax.data import dataset
 
@@ -126,7 +126,7 @@ def _round_to(x: float, multiple: int) -> int:
 
 
 def choose(
-  stats: analyze.DatasetStats,
+  stats: box_stats.DatasetStats,
   config: ml_collections.ConfigDict,
   fixed: Collection[str] = (),
 ) -> list[Choice]:
@@ -138,7 +138,7 @@ def choose(
   evaluation and checkpoint periods.
 
   Args:
-    stats: the training split's boxes (`analyze.dataset_stats`); at least
+    stats: the training split's boxes (`box_stats.dataset_stats`); at least
       one box.
     config: the config being adapted (its `batch_size` and fixed fields).
     fixed: dotted fields set on the command line.
@@ -170,7 +170,7 @@ def choose(
     choices.append(Choice(field, value, reason, source))
     return value
 
-  sizes = analyze.box_size(stats.boxes)  # [M] sqrt(w h), normalised
+  sizes = box_stats.box_size(stats.boxes)  # [M] sqrt(w h), normalised
   small = float(np.quantile(sizes, 0.1))
   image_side = float(np.median(stats.image_sizes.max(axis=1)))
   stride4 = _may_take_conv3_3(config, fixed)
@@ -186,7 +186,7 @@ def choose(
     + f"where the images allow (~{image_side:.0f} px: sizes "
     f"{MIN_SIZE}..{cap})",
   )
-  if analyze.can_fit(config.model):  # VGG: the zoo brings its own boxes, BN
+  if box_stats.can_fit(config.model):  # VGG: the zoo brings its own boxes, BN
     priors = pick(
       "model.priors",
       "fitted",
@@ -248,7 +248,7 @@ def choose(
 
 
 def _pick_padding(
-  stats: analyze.DatasetStats,
+  stats: box_stats.DatasetStats,
   config: ml_collections.ConfigDict,
   pick: Callable[[str, Any, str], Any],
 ) -> None:
@@ -283,7 +283,7 @@ def _may_take_conv3_3(
   conv3_3_map is on or left to the recipe, with default boxes by the rule
   (not a named set)."""
   model = config.model
-  if not analyze.can_fit(model):
+  if not box_stats.can_fit(model):
     return False
   if "model.conv3_3_map" in fixed:
     return bool(model.get("conv3_3_map", False))
@@ -293,7 +293,7 @@ def _may_take_conv3_3(
 
 
 def _coverage(
-  stats: analyze.DatasetStats,
+  stats: box_stats.DatasetStats,
   config: ml_collections.ConfigDict,
   size: int,
   priors: str,
@@ -301,7 +301,7 @@ def _coverage(
 ) -> float:
   """Coverage of the training boxes by a VGG SSD's default boxes at `size`.
 
-  `priors` "fitted": boxes fitted to `stats` (`analyze.fitted_prior_config`);
+  `priors` "fitted": boxes fitted to `stats` (`box_stats.fitted_prior_config`);
   "default": the model's own rule.
   """
   model_cfg = {
@@ -312,11 +312,11 @@ def _coverage(
   }
   cfg = ml_collections.ConfigDict({**config.to_dict(), "model": model_cfg})
   prior_config = (
-    analyze.fitted_prior_config(cfg, stats)
+    box_stats.fitted_prior_config(cfg, stats)
     if priors == "fitted"
-    else analyze.rule_prior_config(cfg, stats)
+    else box_stats.rule_prior_config(cfg, stats)
   )
-  return analyze.prior_coverage(
+  return box_stats.prior_coverage(
     stats.boxes, db.prior_boxes(prior_config), float(config.iou_threshold)
   ).coverage
 
@@ -492,7 +492,7 @@ def resolve(
   config: ml_collections.ConfigDict,
   workdir: str,
   fixed: Collection[str] = (),
-  stats: analyze.DatasetStats | None = None,
+  stats: box_stats.DatasetStats | None = None,
   *,
   choose_new: bool = True,
   store: bool = True,
@@ -525,7 +525,7 @@ def resolve(
   if config.get("recipe", "none") == "none" or not choose_new:
     return config, []
   if stats is None:
-    stats = analyze.dataset_stats(config.data, "train")
+    stats = box_stats.dataset_stats(config.data, "train")
   choices = choose(stats, config, fixed)
   if store:
     write(workdir, choices)

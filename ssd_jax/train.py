@@ -41,7 +41,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from ssd_jax import analyze, models, optim, recipe
+from ssd_jax import box_stats, models, optim, recipe
 from ssd_jax import checkpoint as ckpt_lib
 from ssd_jax import config as config_lib
 from ssd_jax import default_boxes as db
@@ -221,7 +221,7 @@ def fit_priors(
   (`default_boxes.json`) when there are any (a resumed run keeps its boxes
   even if the data changed); else `model.prior_min_sizes` /
   `prior_max_sizes` when set; else boxes fitted to the training split
-  (`analyze.fitted_prior_config`), with the coverage before and after
+  (`box_stats.fitted_prior_config`), with the coverage before and after
   logged. New boxes are written to `<workdir>/default_boxes.json` (process
   0), where `build` reads them back for evaluation, prediction and export.
 
@@ -250,12 +250,12 @@ def fit_priors(
     fitted = model.resolved_prior_config()
     logging.info("Default boxes from model.prior_min_sizes / max_sizes.")
   else:
-    stats = analyze.dataset_stats(config.data, "train")
-    fitted = analyze.fitted_prior_config(config, stats)
-    base = analyze.rule_prior_config(config, stats)
+    stats = box_stats.dataset_stats(config.data, "train")
+    fitted = box_stats.fitted_prior_config(config, stats)
+    base = box_stats.rule_prior_config(config, stats)
     threshold = float(config.iou_threshold)
     before, after = (
-      analyze.prior_coverage(stats.boxes, db.prior_boxes(c), threshold)
+      box_stats.prior_coverage(stats.boxes, db.prior_boxes(c), threshold)
       for c in (base, fitted)
     )
     record = {

@@ -1,6 +1,6 @@
 """Test-session set-up: the XLA CPU setting that the entry points use, a
-loader for the scripts in experiments/, a config loader and a shared tiny
-training run (`shapes_run`).
+loader for the scripts in experiments/, a config loader, a miniature VOC folder
+(`mini_voc2007`) and a shared tiny training run (`shapes_run`).
 
 The XLA setting is applied before any test starts JAX's backends, so the
 suite runs the same XLA CPU configuration as `python -m ssd_jax.main` (see
@@ -20,6 +20,7 @@ import subprocess
 import sys
 from unittest import mock
 
+import minidata
 import pytest
 from hypothesis import settings
 
@@ -83,7 +84,7 @@ def mock_tfds():
 
 def ref_iou(a, b) -> float:
   """IoU of two corner boxes, written out (independent of ssd_jax.boxes):
-  the slow reference of the coverage tests (test_analyze, test_default_boxes).
+  the slow reference of the coverage tests (test_box_stats, test_default_boxes).
   """
   iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
   ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
@@ -95,6 +96,28 @@ def ref_iou(a, b) -> float:
 def load_config(name: str, arg: str | None = None):
   """configs/NAME.py's `get_config(arg)`, as `--config=configs/NAME.py:arg`."""
   return config_lib.config_from_file(str(REPO / "configs" / f"{name}.py"), arg)
+
+
+def voc_folder_config(root: str):
+  """configs/voc_folder.py:small reading the VOC-format folder `root`."""
+  config = load_config("voc_folder", "small")
+  config.data.root = root
+  return config
+
+
+@pytest.fixture(scope="session")
+def mini_voc2007(tmp_path_factory):
+  """A miniature VOC-format folder (VOC2007 of a `minidata` devkit: 6
+  trainval and 2 test images).
+
+  Returns:
+    (the folder, `minidata.write_vocdevkit`'s counts).
+  """
+  root = str(tmp_path_factory.mktemp("voc") / "VOCdevkit")
+  counts = minidata.write_vocdevkit(
+    root, years=("2007",), num_images=6, num_test=2
+  )
+  return os.path.join(root, "VOC2007"), counts
 
 
 @pytest.fixture(scope="session")

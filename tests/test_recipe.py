@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from ssd_jax import analyze, recipe
+from ssd_jax import box_stats, recipe
 from ssd_jax import config as config_lib
 from ssd_jax import default_boxes as db
 
@@ -19,7 +19,7 @@ def _stats(sizes, image_hw=(160, 160), num_images=None, seed=0):
   y0 = rng.uniform(0, 1 - sizes)
   boxes = np.stack([x0, y0, x0 + sizes, y0 + sizes], 1).astype(np.float32)
   n = num_images or max(1, len(sizes) // 2)
-  return analyze.DatasetStats(
+  return box_stats.DatasetStats(
     num_images=n,
     image_sizes=np.tile(np.asarray(image_hw, np.int32), (n, 1)),
     boxes=boxes,
@@ -230,7 +230,7 @@ def _fitted_coverage(stats, size, conv3_3_map):
   """Coverage of the fitted boxes, by default_boxes' own per-box loop."""
   config = _config()
   config.model.update(image_size=size, conv3_3_map=conv3_3_map, priors="fitted")
-  fitted = analyze.fitted_prior_config(config, stats)
+  fitted = box_stats.fitted_prior_config(config, stats)
   best, _ = db.box_coverage(stats.boxes, db.prior_boxes(fitted), 0.5)
   return float(np.mean(best >= 0.5))
 
