@@ -368,6 +368,69 @@ def test_cpu_fast_ops_same_outputs_and_gradients():
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max())
 
 
+def test_cpu_fast_ops_batch_norm_same_training_results():
+  """With BatchNorm, cpu_ops.BatchNorm: the same variables, and in training
+  mode the same outputs, running statistics and gradients as flax's."""
+  plain = models.SSD(num_classes=3, image_size=64, width=0.125, batch_norm=True)
+  fast = plain.clone(cpu_fast_ops=True)
+  # Batch 4: the last map is 1x1, and a BatchNorm over 2 values has no
+  # gradient to speak of (both outputs are -1 and 1 whatever the input).
+  x = jnp.asarray(np.random.default_rng(1).normal(size=(4, 64, 64, 3)) * 50)
+  shapes = _shapes(plain)[1]
+  assert _shapes(fast)[1] == shapes
+  rng = np.random.default_rng(2)
+
+  def bn_scale(path, p):  # Not _random_params' L2Norm-sized scales.
+    bn = "_bn']['scale']" in jax.tree_util.keystr(path)
+    return rng.uniform(0.5, 1.5, p.shape).astype(np.float32) if bn else p
+
+  variables = {
+    "params": jax.tree_util.tree_map_with_path(bn_scale, _random_params(plain)),
+    "batch_stats": jax.tree.map(
+      lambda s: np.ones(s.shape, np.float32), shapes["batch_stats"]
+    ),
+  }
+
+  def loss(model, p):
+    (loc, logits), new = model.apply(
+      {"params": p, "batch_stats": variables["batch_stats"]},
+      x,
+      train=True,
+      mutable=["batch_stats"],
+    )
+    value = jnp.sum(loc**2) + jnp.sum(jax.nn.log_softmax(logits)[..., 0])
+    return value, new["batch_stats"]
+
+  (v_fast, s_fast), g_fast = jax.value_and_grad(
+    lambda p: loss(fast, p), has_aux=True
+  )(variables["params"])
+  (v_plain, s_plain), g_plain = jax.value_and_grad(
+    lambda p: loss(plain, p), has_aux=True
+  )(variables["params"])
+  np.testing.assert_allclose(v_fast, v_plain, rtol=1e-4)
+  for a, b in zip(
+    jax.tree.leaves(s_fast), jax.tree.leaves(s_plain), strict=True
+  ):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max())
+
+  def by_layer(grads):  # {"conv1_1": {...}, "conv1_1_bn": ..., "loc_0": ...}
+    return {**grads["vgg"], **{k: v for k, v in grads.items() if k != "vgg"}}
+
+  fast_layers, layers = by_layer(g_fast), by_layer(g_plain)
+  largest = max(np.abs(g).max() for g in jax.tree.leaves(g_plain))
+  for name, grads in layers.items():
+    for leaf, b in grads.items():
+      a = fast_layers[name][leaf]
+      if leaf == "bias" and f"{name}_bn" in layers:
+        # A bias before a BatchNorm has no effect: zero gradient, both.
+        assert np.abs(a).max() < 1e-4 * largest, name
+        assert np.abs(b).max() < 1e-4 * largest, name
+      else:
+        np.testing.assert_allclose(
+          a, b, rtol=1e-3, atol=1e-3 * np.abs(b).max(), err_msg=name
+        )
+
+
 def test_from_config_cpu_fast_ops():
   cfg = {"name": "ssd", "image_size": 64, "width": 0.125}
   auto = models.from_config(cfg, 3)

@@ -1,4 +1,8 @@
-"""Drop-in max pool whose gradient is cheap on XLA CPU.
+"""Drop-in max pool and BatchNorm that train faster on XLA CPU.
+
+`BatchNorm` is `flax.linen.BatchNorm` (the same variables, values and
+synchronisation) with its reductions as vector-matrix products and its
+gradient written out (`batch_normalize`); see its docstring.
 
 The gradient of `flax.linen.max_pool` is a `select_and_scatter`, which on
 XLA CPU (jax 0.10) costs about 40x its forward. This module supplies
@@ -34,6 +38,7 @@ gradients with this pool 8.97 s, all of XLA's 9.51 s
 
 import functools
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -154,3 +159,140 @@ def max_pool(
   if ho == 0 or wo == 0:
     return nn.max_pool(inputs, window_shape, strides, padding)
   return _max_pool_tiles(inputs, window, pads)
+
+
+def _channel_sums(x: jax.Array) -> jax.Array:
+  """Sum over every axis but the last, as a vector-matrix product.
+
+  [..., C] -> [C] float32. XLA CPU reduces a tensor over its leading axes
+  (C the minor one, as in NHWC) several times slower than its dot engine
+  computes ones @ x (`BatchNorm`'s docstring has the measurements).
+  """
+  x2 = x.reshape(-1, x.shape[-1]).astype(jnp.float32)
+  return jnp.ones((x2.shape[0],), jnp.float32) @ x2
+
+
+def _global_sums(parts: jax.Array, axis_name: str | None) -> jax.Array:
+  """Channel sums (stacked on axis 0) summed over the devices of
+  `axis_name` (synchronised BatchNorm), one all-reduce."""
+  return parts if axis_name is None else lax.psum(parts, axis_name)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def batch_normalize(
+  x: jax.Array,
+  scale: jax.Array,
+  bias: jax.Array,
+  epsilon: float,
+  axis_name: str | None = None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Training-mode batch normalisation over all axes but the last.
+
+  The values of `flax.linen.BatchNorm(use_running_average=False)` (its
+  fast variance: E[x^2] - E[x]^2, clipped at 0, in float32), with every
+  reduction of the forward and the gradient a vector-matrix product
+  (`_channel_sums`), and the gradient written out:
+  dx = scale / sigma (dy - mean(dy) - x_hat mean(dy x_hat)).
+
+  Args:
+    x: [..., C] input (float32 or bfloat16).
+    scale, bias: [C] float32.
+    epsilon: added to the variance.
+    axis_name: the pmap axis to take the statistics over (synchronised
+      BatchNorm, as flax's `axis_name`); None for the local batch.
+
+  Returns:
+    (y [..., C] float32, mean [C], var [C]) with the batch's mean and
+    (biased) variance for the running statistics; they are not
+    differentiated (their cotangents are ignored), as flax's running
+    statistics are not.
+  """
+  return _batch_normalize_fwd(x, scale, bias, epsilon, axis_name)[0]
+
+
+def _batch_normalize_fwd(x, scale, bias, epsilon, axis_name):
+  count = x.size // x.shape[-1]
+  sums = _global_sums(
+    jnp.stack([_channel_sums(x), _channel_sums(jnp.square(x))]), axis_name
+  )
+  if axis_name is not None:
+    count = count * lax.psum(1, axis_name)
+  mean, mean2 = sums[0] / count, sums[1] / count
+  var = jnp.maximum(0.0, mean2 - jnp.square(mean))
+  inv = lax.rsqrt(var + epsilon)
+  y = (x.astype(jnp.float32) - mean) * (inv * scale) + bias
+  return (y, mean, var), (x, mean, inv, scale, count)
+
+
+def _batch_normalize_bwd(epsilon, axis_name, residuals, cotangents):
+  del epsilon  # In `inv`.
+  x, mean, inv, scale, count = residuals
+  dy = cotangents[0].astype(jnp.float32)
+  x_hat = (x.astype(jnp.float32) - mean) * inv
+  local = jnp.stack([_channel_sums(dy), _channel_sums(dy * x_hat)])
+  dbias, dscale = local[0], local[1]  # This device's parameter gradients.
+  total = _global_sums(local, axis_name)
+  dx = (scale * inv) * (dy - (total[0] + x_hat * total[1]) / count)
+  return dx.astype(x.dtype), dscale, dbias
+
+
+batch_normalize.defvjp(_batch_normalize_fwd, _batch_normalize_bwd)
+
+
+class BatchNorm(nn.Module):
+  """`flax.linen.BatchNorm` over the last axis, faster to train on XLA CPU.
+
+  The same variables (params `scale`, `bias`; batch_stats `mean`, `var`),
+  values, running-statistics update and synchronisation (`axis_name`) as
+  `nn.BatchNorm(use_running_average=..., axis_name=..., momentum=...,
+  epsilon=..., dtype=..., param_dtype=...)`, so checkpoints and converted
+  weights are interchangeable; training mode goes through
+  `batch_normalize` (its reductions as vector-matrix products). On XLA CPU
+  a BatchNorm's forward and gradient then take 2.5-5x less time: at batch
+  16, [16, 96, 96, 16] 17.7 -> 6.8 ms, [16, 48, 48, 32] 8.3 -> 1.9 ms,
+  [16, 24, 24, 64] 3.4 -> 0.6 ms.
+
+  Attributes: as `flax.linen.BatchNorm`'s of the same names.
+  """
+
+  use_running_average: bool = False
+  axis_name: str | None = None
+  momentum: float = 0.99
+  epsilon: float = 1e-5
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """[..., C] -> [..., C], in `dtype` (default x's)."""
+    features = x.shape[-1]
+    ra_mean = self.variable(
+      "batch_stats", "mean", lambda: jnp.zeros((features,), jnp.float32)
+    )
+    ra_var = self.variable(
+      "batch_stats", "var", lambda: jnp.ones((features,), jnp.float32)
+    )
+    scale = self.param(
+      "scale", nn.initializers.ones, (features,), self.param_dtype
+    )
+    bias = self.param(
+      "bias", nn.initializers.zeros, (features,), self.param_dtype
+    )
+    dtype = self.dtype or jnp.result_type(x, scale, bias)
+    if self.use_running_average:
+      mul = lax.rsqrt(ra_var.value + self.epsilon) * scale
+      y = (x.astype(jnp.float32) - ra_mean.value) * mul + bias
+      return y.astype(dtype)
+    initializing = self.is_initializing()
+    y, mean, var = batch_normalize(
+      x,
+      scale.astype(jnp.float32),
+      bias.astype(jnp.float32),
+      self.epsilon,
+      None if initializing else self.axis_name,
+    )
+    if not initializing:
+      m = self.momentum
+      ra_mean.value = m * ra_mean.value + (1 - m) * lax.stop_gradient(mean)
+      ra_var.value = m * ra_var.value + (1 - m) * lax.stop_gradient(var)
+    return y.astype(dtype)

@@ -111,6 +111,8 @@ class ExtraLayers(nn.Module):
     dtype: computation dtype.
     param_dtype: parameter dtype.
     first_index: the paper's number of the first block (conv8 after fc7).
+    cpu_fast_ops: with `batch_norm`, `cpu_ops.BatchNorm` (as
+      `VGG16(cpu_fast_ops=True)`).
   """
 
   blocks: tuple[ExtraBlock, ...]
@@ -119,6 +121,7 @@ class ExtraLayers(nn.Module):
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   first_index: int = 8
+  cpu_fast_ops: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> list[jax.Array]:
@@ -137,6 +140,7 @@ class ExtraLayers(nn.Module):
       batch_norm_after=self.batch_norm,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
+      cpu_fast=self.cpu_fast_ops,
     )
 
     def conv_relu_(x, channels, kernel, name, **kwargs):

@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from ssd_jax.models import cpu_ops
+
 _NHWC = ("NHWC", "HWIO", "NHWC")
 # Backends whose `conv` computes dilated convolutions by phases.
 PHASE_BACKENDS = ("gpu",)
@@ -273,7 +275,8 @@ def batch_norm(
   param_dtype: Any,
   momentum: float = 0.9,
   epsilon: float = 1e-5,
-) -> nn.BatchNorm:
+  cpu_fast: bool = False,
+) -> nn.Module:
   """The zoo's BatchNorm: batch statistics in training, synchronised over
   the devices of `batch_norm_axis` when set; the running ones otherwise.
 
@@ -286,12 +289,14 @@ def batch_norm(
     momentum: flax's decay of the running statistics, `1 - torch's
       momentum` (0.9 for torch's default 0.1).
     epsilon: added to the variance (torch's `eps`).
+    cpu_fast: `cpu_ops.BatchNorm` (the same variables and values, its
+      reductions faster on XLA CPU) instead of flax's.
 
   Returns:
-    An unbound `nn.BatchNorm` with `scale`, `bias` and running `mean`,
-    `var` over the last axis.
+    An unbound `nn.BatchNorm` (or `cpu_ops.BatchNorm`) with `scale`,
+    `bias` and running `mean`, `var` over the last axis.
   """
-  return nn.BatchNorm(
+  return (cpu_ops.BatchNorm if cpu_fast else nn.BatchNorm)(
     use_running_average=not train,
     axis_name=_BN_AXIS.get() if train else None,
     momentum=momentum,
@@ -312,6 +317,7 @@ def conv_relu(
   batch_norm_after: bool,
   dtype: Any,
   param_dtype: Any,
+  cpu_fast: bool = False,
   **conv_kwargs: Any,
 ) -> jax.Array:
   """`conv` -> (BatchNorm `<name>_bn`) -> ReLU, inside a compact module.
@@ -329,6 +335,7 @@ def conv_relu(
     batch_norm_after: whether there is a BatchNorm.
     dtype: computation dtype.
     param_dtype: parameter dtype.
+    cpu_fast: the BatchNorm is `cpu_ops.BatchNorm` (see `batch_norm`).
     **conv_kwargs: `stride`, `padding`, `dilation` of `conv`.
 
   Returns:
@@ -337,7 +344,7 @@ def conv_relu(
   layer = dict(dtype=dtype, param_dtype=param_dtype)
   x = conv(features, kernel, name, **conv_kwargs, **layer)(x)
   if batch_norm_after:
-    x = batch_norm(f"{name}_bn", train, **layer)(x)
+    x = batch_norm(f"{name}_bn", train, cpu_fast=cpu_fast, **layer)(x)
   return nn.relu(x)
 
 

@@ -127,8 +127,9 @@ class SSD(nn.Module):
     prior_config: the default boxes; None takes `default_prior_config`.
       Its feature sizes must match the network's maps and its ratios set
       the number of boxes per location of each head.
-    cpu_fast_ops: the backbone's CPU-friendly max-pool gradient
-      (`cpu_ops.max_pool` for VGG16's 2x2 pools; same results).
+    cpu_fast_ops: the CPU-friendly max-pool gradient (`cpu_ops.max_pool`
+      for VGG16's 2x2 pools) and BatchNorm (`cpu_ops.BatchNorm`, with
+      `batch_norm`); same results.
   """
 
   # The input normalisation (`ssd_jax.data.image.NORMALIZATIONS`): the Caffe
@@ -187,7 +188,9 @@ class SSD(nn.Module):
     self.backbone = VGG16Backbone(
       conv3_3_map=self.conv3_3_map, cpu_fast_ops=self.cpu_fast_ops, **norm
     )
-    self.extras = ExtraLayers(extra_blocks(self.image_size), **norm)
+    self.extras = ExtraLayers(
+      extra_blocks(self.image_size), cpu_fast_ops=self.cpu_fast_ops, **norm
+    )
     self.heads = MultiboxHeads(
       self.num_classes,
       tuple(boxes_per_location(r) for r in config.aspect_ratios),
