@@ -197,15 +197,39 @@ def test_backbone_choices_for_the_vgg_model_only():
   vgg = _by_field(recipe.choose(stats, _config()))
   assert vgg["model.priors"].value == "fitted"
   assert vgg["model.batch_norm"].value is True
+  assert vgg["model.width"].value == recipe.RECIPE_WIDTH
   config = _config()
   config.model.backbone = "mobilenet_v3_large"  # brings its own boxes, BN
   lite = _by_field(recipe.choose(stats, config))
-  assert "model.priors" not in lite and "model.batch_norm" not in lite
+  for field in ("model.priors", "model.batch_norm", "model.width"):
+    assert field not in lite
   resolved = recipe.apply(config, list(lite.values()))
   assert resolved.model.priors == "default" and not resolved.model.batch_norm
   kept = _by_field(recipe.choose(stats, _config(), fixed={"model.batch_norm"}))
   assert kept["model.batch_norm"].value is False  # the config's, as set
   assert kept["model.batch_norm"].source == "command line"
+
+
+def test_a_width_set_on_the_command_line_is_kept_and_costed():
+  stats = _stats(np.full(100, 0.2), num_images=2000)
+  config = _config()
+  config.model.width = 0.375  # 2x RECIPE_WIDTH: 2x the time per image.
+  own = _by_field(recipe.choose(stats, _config()))
+  kept = _by_field(recipe.choose(stats, config, fixed={"model.width"}))
+  assert kept["model.width"].value == 0.375
+  assert kept["model.width"].source == "command line"
+  size = own["model.image_size"].value
+  assert kept["model.image_size"].value == size
+  conv3_3 = own["model.conv3_3_map"].value
+  assert recipe.seconds_per_image(size, conv3_3, 0.375) == pytest.approx(
+    2 * recipe.seconds_per_image(size, conv3_3)
+  )
+  epochs = []
+  for by, width in ((own, recipe.RECIPE_WIDTH), (kept, 0.375)):
+    cost = recipe.seconds_per_image(size, conv3_3, width)
+    epochs.append(int(round(recipe.TRAIN_SECONDS / 2000 / cost)))
+    assert f"{epochs[-1]} epochs of 2000 images" in by["num_steps"].reason
+  assert epochs[1] < epochs[0]
 
 
 def test_no_mirror_when_classes_are_mirror_images():
