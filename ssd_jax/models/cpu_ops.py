@@ -264,7 +264,8 @@ class BatchNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    """[..., C] -> [..., C], in `dtype` (default x's)."""
+    """[..., C] -> [..., C], in `dtype` (default: x's promoted with the
+    parameters', as flax's)."""
     features = x.shape[-1]
     ra_mean = self.variable(
       "batch_stats", "mean", lambda: jnp.zeros((features,), jnp.float32)
