@@ -107,6 +107,41 @@ def test_hard_negatives_equals_a_sorted_loop_with_ties(seed, p, ratio):
   np.testing.assert_array_equal(got, want)
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(1, 80))
+def test_kth_largest_equals_sorted_values(seed, p):
+  """Mixed signs, ties, +-0.0, infinities and subnormals, every k."""
+  rng = np.random.default_rng(seed)
+  pool = np.array(
+    [0.0, -0.0, 1e-42, -1e-42, 1.0, -1.0, 3.5, np.inf, -np.inf], np.float32
+  )
+  values = np.where(
+    rng.uniform(size=p) < 0.5,
+    rng.choice(pool, p),
+    rng.normal(size=p).astype(np.float32) * 10.0 ** rng.integers(-3, 4, p),
+  ).astype(np.float32)
+  want = np.sort(values)[::-1]
+  fn = jax.jit(losses.kth_largest)
+  for k in range(1, p + 1):
+    got = np.asarray(fn(jnp.asarray(values), k))
+    assert got == want[k - 1], (k, got, want[k - 1])  # +-0.0 compare equal
+
+
+def test_kth_largest_hand_worked_and_traced_k():
+  values = jnp.array([2.0, -1.0, 7.0, 2.0, -np.inf])
+  assert [float(losses.kth_largest(values, k)) for k in range(1, 6)] == [
+    7.0, 2.0, 2.0, -1.0, -np.inf,
+  ]  # fmt: skip
+  ks = jnp.arange(1, 6)
+  np.testing.assert_array_equal(
+    jax.vmap(losses.kth_largest, in_axes=(None, 0))(values, ks),
+    [7.0, 2.0, 2.0, -1.0, -np.inf],
+  )
+  # bfloat16 values are taken exactly (as float32).
+  half = jnp.array([0.1, 0.3, 0.2], jnp.bfloat16)
+  assert losses.kth_largest(half, 2) == half[2].astype(jnp.float32)
+
+
 def test_no_positives_is_zero_with_finite_gradients():
   rng = np.random.default_rng(0)
   loc_pred, logits, loc_t, _ = _random_batch(rng)
