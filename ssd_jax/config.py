@@ -170,6 +170,10 @@ def base_config() -> ml_collections.ConfigDict:
       "top_k_per_class": 400,
       "max_detections": 200,
       "nms": "host",  # EVAL_NMS: "host" (numpy) or "device" (jitted).
+      # Average each default box's outputs with the mirrored image's
+      # (`detect.predict`): for a model trained with mirrored images and
+      # mirror-symmetric default boxes (not the Caffe SSD300 grid).
+      "flip": False,
       "batch_size": 8,
       "num_pictures": 8,
     }

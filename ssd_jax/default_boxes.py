@@ -484,6 +484,51 @@ def rows_per_map(config: PriorConfig) -> tuple[int, ...]:
   )
 
 
+def mirror_permutation(priors: np.ndarray, tol: float = 1e-4) -> np.ndarray:
+  """Each default box's horizontal mirror image among the default boxes.
+
+  Row p of a mirrored image's outputs describes, in the original image, the
+  mirror of prior p: the prior with centre (1 - cx, cy) and the same size.
+  A grid whose cells tile the input exactly (steps = image size / map size,
+  the paper's rule) is mirror-symmetric; the Caffe release's SSD300 grid is
+  not (38 cells of 8 px overhang the 300 px input: centres 4..300 px).
+
+  Args:
+    priors: [P, 4] (cx, cy, w, h).
+    tol: largest centre difference accepted as the same box (box sizes must
+      be equal: the grid repeats the same floats at every cell).
+
+  Returns:
+    [P] int permutation m with priors[m[p]] = mirror(priors[p]); m[m] is
+    the identity.
+
+  Raises:
+    ValueError: when some prior has no mirror image among the priors.
+  """
+  priors = np.asarray(priors, np.float64).reshape(-1, 4)
+  perm = np.full(len(priors), -1, np.int64)
+  sizes, group = np.unique(priors[:, 2:], axis=0, return_inverse=True)
+  for g in range(len(sizes)):
+    rows = np.flatnonzero(group.reshape(-1) == g)
+    centres = priors[rows, :2]
+    mirrored = np.stack([1.0 - centres[:, 0], centres[:, 1]], axis=-1)
+    dist = np.abs(mirrored[:, None, :] - centres[None, :, :]).max(-1)
+    nearest = dist.argmin(axis=1)
+    bad = dist[np.arange(len(rows)), nearest] > tol
+    if bad.any():
+      cx, cy, w, h = priors[rows[np.argmax(bad)]]
+      raise ValueError(
+        f"the default boxes are not mirror-symmetric: ({cx:.4f}, {cy:.4f}, "
+        f"{w:.4f}, {h:.4f}) (cx, cy, w, h) has no mirror image (1 - cx, cy) "
+        "among them; a grid is symmetric when each map's step is the input "
+        "size over the map size"
+      )
+    perm[rows] = rows[nearest]
+  if not np.array_equal(perm[perm], np.arange(len(perm))):
+    raise ValueError("the default boxes' mirror images are not one-to-one")
+  return perm
+
+
 # Where `fit_prior_config` looks: the first map's scale as a fraction of
 # s_min (the paper: 0.1 / 0.2), and the grid of scales (fractions of the
 # input side) between the smallest boxes and the whole image.

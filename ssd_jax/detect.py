@@ -13,6 +13,7 @@ given images, pixel i covering [i, i + 1): the network's normalised boxes
 times (W, H, W, H) (`data.image.normalized_to_pixels`, COCO's convention).
 """
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -20,6 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from ssd_jax import default_boxes as db
 from ssd_jax import device_postprocess
 from ssd_jax.boxes import DEFAULT_VARIANCES
 from ssd_jax.data import image as image_lib
@@ -27,9 +29,17 @@ from ssd_jax.models import variables as model_vars
 
 
 def predict(
-  model: Any, params: Any, images: jax.Array
+  model: Any, params: Any, images: jax.Array, flip: bool = False
 ) -> tuple[jax.Array, jax.Array]:
-  """Network forward and softmax.
+  """Network forward and softmax, optionally averaged with the mirror image.
+
+  With `flip`, the images and their horizontal mirrors run as one batch;
+  the mirror's outputs for prior `m[p]` (`default_boxes.mirror_permutation`)
+  describe prior p of the original (with the centre offset's sign turned),
+  and each prior's offsets and probabilities are the mean of the two.
+  Test-time mirroring of a model trained with mirrored images: +0.007 to
+  +0.017 mAP@0.5 on four held-out VOC-format sets (README, "Train on your
+  own data").
 
   Args:
     model: the flax module (hashable: equal modules are equal values, so it
@@ -37,20 +47,41 @@ def predict(
     params: model parameters, or the model's variables ({"params",
       "batch_stats"}) for a BatchNorm model (`models.as_variables`).
     images: [B, H, W, 3] float32 normalised images.
+    flip: average with the mirrored images (static).
 
   Returns:
     loc: [B, P, 4] float32 offsets; probs: [B, P, C] float32 class
     probabilities (column 0 background).
+
+  Raises:
+    ValueError: with `flip`, when the model's default boxes are not
+      mirror-symmetric.
   """
-  loc, logits = model.apply(model_vars.as_variables(params), images)
+  variables = model_vars.as_variables(params)
+  if flip:
+    perm = _mirror_permutation(model)
+    images = jnp.concatenate([images, images[:, :, ::-1]], axis=0)
+  loc, logits = model.apply(variables, images)
+  loc = loc.astype(jnp.float32)
   probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-  return loc.astype(jnp.float32), probs
+  if flip:
+    n = loc.shape[0] // 2
+    turned = jnp.asarray([-1.0, 1.0, 1.0, 1.0], jnp.float32)
+    loc = 0.5 * (loc[:n] + loc[n:, perm] * turned)
+    probs = 0.5 * (probs[:n] + probs[n:, perm])
+  return loc, probs
 
 
-# One compiled predict per (model value, input shape), shared by every
+@functools.lru_cache(maxsize=32)
+def _mirror_permutation(model: Any) -> np.ndarray:
+  """The model's `default_boxes.mirror_permutation` (once per model value)."""
+  return db.mirror_permutation(np.asarray(model.priors()))
+
+
+# One compiled predict per (model value, flip, input shape), shared by every
 # Evaluator: equal modules hash equal, so a new but equal model object reuses
 # the compile.
-predict_jit = jax.jit(predict, static_argnums=0)
+predict_jit = jax.jit(predict, static_argnums=(0, 3))
 
 
 class DetectSettings(NamedTuple):
@@ -64,6 +95,7 @@ class DetectSettings(NamedTuple):
     max_detections: K, the detection rows per image (None: every candidate,
       (C-1) top_k_per_class rows).
     variances: SSD encoding variances (centre, size).
+    flip: average the outputs with the mirrored image's (`predict`).
   """
 
   score_threshold: float = 0.01
@@ -71,6 +103,7 @@ class DetectSettings(NamedTuple):
   top_k_per_class: int | None = 400
   max_detections: int | None = 200
   variances: tuple[float, float] = DEFAULT_VARIANCES
+  flip: bool = False
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> "DetectSettings":
@@ -83,6 +116,7 @@ class DetectSettings(NamedTuple):
       top_k_per_class=cap(ecfg.top_k_per_class),
       max_detections=cap(ecfg.max_detections),
       variances=tuple(float(v) for v in config.variances),
+      flip=bool(ecfg.get("flip", False)),
     )
 
 
@@ -211,7 +245,7 @@ def detect_normalized(
   Returns:
     `DeviceDetections` with boxes normalised to [0, 1] of the network input.
   """
-  loc, probs = predict(model, variables, images)
+  loc, probs = predict(model, variables, images, settings.flip)
   return device_postprocess.decode_detections_device(
     loc,
     probs,

@@ -110,7 +110,9 @@ class Evaluator:
       ]
     ecfg = self.config.eval
     loc, probs = jax.device_get(
-      detect_lib.predict_jit(self.model, params, images)
+      detect_lib.predict_jit(
+        self.model, params, images, bool(ecfg.get("flip", False))
+      )
     )
     return postprocess.decode_detections_batch(
       loc,

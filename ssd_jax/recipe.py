@@ -27,6 +27,9 @@ at start-up:
 - `data.max_boxes`: the training images' most boxes (rounded up to
   `PAD_MULTIPLE`) rather than the config's padding, which matching pays
   for; evaluation keeps the config's (`data.eval_max_boxes`);
+- `eval.flip`: evaluation, prediction and export average each default
+  box's outputs with the mirrored image's (`detect.predict`) when training
+  mirrors the images and the default boxes are mirror-symmetric;
 - for the VGG models, `model.priors = "fitted"`: default boxes fitted to
   the boxes at the chosen input size (`train.fit_priors`);
   `model.conv3_3_map = True` when conv3_3's stride-4 map lets the fitted
@@ -55,6 +58,7 @@ import numpy as np
 
 from ssd_jax import box_stats, models
 from ssd_jax import default_boxes as db
+from ssd_jax.data import augment as augment_lib
 from ssd_jax.data import dataset
 
 RECIPE_FILE = "recipe.json"
@@ -157,8 +161,8 @@ def choose(
     model.batch_norm and model.width (VGG models only: the zoo's other
     models bring their own maps, default boxes, BatchNorm and widths),
     num_steps, warmup_steps, lr_schedule, lr_boundaries, eval_every,
-    checkpoint_every, data.augment_config, data.max_boxes and
-    data.eval_max_boxes, in that order.
+    checkpoint_every, data.augment_config, data.max_boxes,
+    data.eval_max_boxes and eval.flip, in that order.
 
   Raises:
     ValueError: when the split has no boxes (nothing to adapt to).
@@ -259,10 +263,48 @@ def choose(
   pick("eval_every", max(1, math.ceil(steps / 2)), "halfway and at the end")
   pick("checkpoint_every", max(1, steps // 5), "5 checkpoints per run")
   field = "data.augment_config"
-  pick(field, *_augmentation(small, size, stats.class_names))
+  augment = pick(field, *_augmentation(small, size, stats.class_names))
   for field, value, reason in _padding(stats, config):
     pick(field, value, reason)
+  pick("eval.flip", *_flip_test(stats, config, size, conv3_3, augment))
   return choices
+
+
+def _flip_test(
+  stats: box_stats.DatasetStats,
+  config: ml_collections.ConfigDict,
+  size: int,
+  conv3_3_map: bool,
+  augment: dict[str, Any],
+) -> tuple[bool, str]:
+  """(eval.flip, reason): test-time mirroring (`detect.predict`) when
+  training mirrors the images and the default boxes are mirror-symmetric.
+
+  Measured on the held-out sets' trained models (the same weights, mirrored
+  or not): +0.007 shapes10 96 px, +0.017 shapes10 128 px, +0.008
+  small_crowded, +0.007 mixed_sizes (mAP@0.5).
+  """
+  merged = {**dict(config.data.get("augment_config") or {}), **dict(augment)}
+  flip_prob = float(
+    merged.get("flip_prob", augment_lib.AugmentConfig().flip_prob)
+  )
+  if flip_prob <= 0:
+    return False, "training does not mirror the images"
+  model_cfg = {
+    **config.model.to_dict(),
+    "image_size": size,
+    "conv3_3_map": bool(conv3_3_map),
+  }
+  cfg = ml_collections.ConfigDict({**config.to_dict(), "model": model_cfg})
+  try:
+    db.mirror_permutation(box_stats.model_for(cfg, stats).priors())
+  except ValueError as e:
+    return False, f"no test-time mirror: {e}"
+  return True, (
+    "each default box's outputs averaged with the mirrored image's (the "
+    "model trains on mirrored images): +0.007 to +0.017 mAP on four "
+    "held-out sets, twice the evaluation's forward"
+  )
 
 
 def _padding(

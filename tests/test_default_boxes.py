@@ -363,3 +363,51 @@ def test_fit_prior_config_degenerate_inputs():
 
 
 PER_MAP = ("feature_sizes", "steps", "min_sizes", "max_sizes", "aspect_ratios")
+
+
+def _slow_mirror(priors):
+  """For each prior, the index of the prior closest to its mirror (loop)."""
+  out = []
+  for cx, cy, w, h in priors:
+    d = [
+      max(abs(1 - cx - a), abs(cy - b), abs(w - c), abs(h - e))
+      for a, b, c, e in priors
+    ]
+    out.append((int(np.argmin(d)), min(d)))
+  return out
+
+
+@pytest.mark.parametrize(
+  "config",
+  [
+    db.paper_prior_config(96, (24, 12, 6, 3, 1)),
+    db.paper_prior_config(160, (20, 10, 5, 3, 1)),
+    db.SSD512_PRIORS,  # steps 512 / side: symmetric
+  ],
+)
+def test_mirror_permutation_maps_each_box_to_its_mirror(config):
+  priors = db.prior_boxes(config)
+  perm = db.mirror_permutation(priors)
+  assert perm.shape == (len(priors),) and perm.dtype == np.int64
+  np.testing.assert_array_equal(perm[perm], np.arange(len(priors)))
+  mirrored = priors.copy()
+  mirrored[:, 0] = 1 - mirrored[:, 0]
+  np.testing.assert_allclose(priors[perm], mirrored, rtol=0, atol=1e-6)
+  if len(priors) < 600:  # the loop is quadratic
+    for p, (q, d) in enumerate(_slow_mirror(priors)):
+      assert perm[p] == q and d < 1e-6
+
+
+def test_mirror_permutation_hand_worked_and_degenerate():
+  priors = np.array(
+    [[0.25, 0.5, 0.1, 0.2], [0.5, 0.5, 0.3, 0.3], [0.75, 0.5, 0.1, 0.2]],
+    np.float32,
+  )
+  np.testing.assert_array_equal(db.mirror_permutation(priors), [2, 1, 0])
+  assert db.mirror_permutation(np.zeros((0, 4))).shape == (0,)
+  # The Caffe SSD300 grid overhangs the input (38 x 8 px > 300): no mirror.
+  with pytest.raises(ValueError, match="not mirror-symmetric: .* step"):
+    db.mirror_permutation(db.prior_boxes(db.SSD300_PRIORS))
+  # A box whose mirror has another size is no mirror.
+  with pytest.raises(ValueError, match=r"\(0.2500, 0.5000, 0.1000, 0.2000\)"):
+    db.mirror_permutation(priors[[0, 1]].tolist() + [[0.75, 0.5, 0.2, 0.1]])

@@ -11,7 +11,7 @@ import tensorflow as tf
 from test_evaluator import tiny_ssd
 
 from ssd_jax import config as config_lib
-from ssd_jax import detect, models, postprocess
+from ssd_jax import detect, device_postprocess, models, postprocess
 from ssd_jax.data import image as image_lib
 from ssd_jax.data import pipeline
 
@@ -127,3 +127,62 @@ def test_bad_images_are_named_eagerly_and_under_jit(images, message):
 def test_unknown_normalization_names_the_valid_ones():
   with pytest.raises(ValueError, match="unknown normalization 'bgr'"):
     detect.preprocess(np.zeros((1, 4, 4, 3), np.uint8), 8, "bgr")
+
+
+def test_flip_averages_each_box_with_its_mirror():
+  model, params = tiny_ssd(4)
+  rng = np.random.default_rng(3)
+  images = rng.normal(0, 50, (2, 64, 64, 3)).astype(np.float32)
+  loc, probs = detect.predict(model, params, images, flip=True)
+  loc1, probs1 = detect.predict(model, params, images)
+  loc2, probs2 = detect.predict(model, params, images[:, :, ::-1])
+  priors = np.asarray(model.priors())
+  for p, (cx, cy, w, h) in enumerate(priors):
+    # The mirror of prior p, by a search over the boxes.
+    d = np.abs(priors - [1 - cx, cy, w, h]).max(-1)
+    q = int(np.argmin(d))
+    assert d[q] < 1e-6
+    np.testing.assert_allclose(
+      probs[:, p], (probs1[:, p] + probs2[:, q]) / 2, rtol=1e-5, atol=1e-6
+    )
+    want = (loc1[:, p] + loc2[:, q] * np.array([-1, 1, 1, 1])) / 2
+    np.testing.assert_allclose(loc[:, p], want, rtol=1e-4, atol=1e-5)
+
+
+def test_flip_detections_of_a_mirrored_image_are_mirrored():
+  """With flip the outputs are exactly mirror-equivariant."""
+  model, params = tiny_ssd(3)
+  images = np.random.default_rng(4).normal(0, 50, (2, 64, 64, 3))
+  images = images.astype(np.float32)
+  loc, probs = detect.predict(model, params, images, flip=True)
+  loc_m, probs_m = detect.predict(model, params, images[:, :, ::-1], True)
+  perm = detect._mirror_permutation(model)
+  np.testing.assert_allclose(probs_m, probs[:, perm], rtol=1e-5, atol=1e-6)
+  turned = loc[:, perm] * np.array([-1, 1, 1, 1], np.float32)
+  np.testing.assert_allclose(loc_m, turned, rtol=1e-4, atol=1e-5)
+  # detect's settings.flip is predict's.
+  settings = SETTINGS._replace(flip=True)
+  got = jax.device_get(
+    detect.detect_normalized(model, params, images, settings)
+  )
+  want = device_postprocess.decode_detections_device(
+    loc, probs, jnp.asarray(model.priors()), score_threshold=0.05,
+    nms_threshold=0.45, top_k_per_class=50, max_detections=30,
+    variances=(0.1, 0.2),
+  )  # fmt: skip
+  np.testing.assert_array_equal(got.num_detections, want.num_detections)
+  np.testing.assert_allclose(got.scores, want.scores, rtol=1e-5, atol=1e-6)
+
+
+def test_flip_needs_mirror_symmetric_boxes_and_comes_from_the_config():
+  config = config_lib.base_config()
+  assert not detect.DetectSettings.from_config(config).flip
+  config.eval.flip = True
+  assert detect.DetectSettings.from_config(config).flip
+  # The Caffe SSD300 grid overhangs the input: no mirror image.
+  ssd300 = models.from_config({"name": "ssd", "image_size": 300}, 3)
+  with pytest.raises(ValueError, match="not mirror-symmetric"):
+    jax.eval_shape(
+      lambda x: detect.predict(ssd300, {}, x, flip=True),
+      jax.ShapeDtypeStruct((1, 300, 300, 3), jnp.float32),
+    )

@@ -288,15 +288,25 @@ def test_run_on_an_empty_split_names_it(monkeypatch):
     ev.run(params, 0, None)
 
 
-def test_device_nms_gives_the_host_detections():
+@pytest.mark.parametrize("flip", [False, True])
+def test_device_nms_gives_the_host_detections(flip):
   model, params = tiny_ssd(3)
   rng = np.random.default_rng(2)
   images = rng.normal(0, 50, (3, 64, 64, 3)).astype(np.float32)
   data = {"source": "synthetic"}
-  host = evaluator.Evaluator(model, eval_config(data), ["a", "b"])
+  host = evaluator.Evaluator(model, eval_config(data, flip=flip), ["a", "b"])
   device = evaluator.Evaluator(
-    model, eval_config(data, nms="device"), ["a", "b"]
+    model, eval_config(data, nms="device", flip=flip), ["a", "b"]
   )
+  if flip:  # The host path's forward is predict's with the mirror.
+    loc, probs = detect.predict(model, params, images, flip=True)
+    want = postprocess.decode_detections_batch(
+      np.asarray(loc), np.asarray(probs), np.asarray(model.priors()), None,
+      score_threshold=0.01, nms_threshold=0.45, top_k_per_class=100,
+      max_detections=50, variances=(0.1, 0.2),
+    )  # fmt: skip
+    for g, w in zip(host.detect(params, images), want, strict=True):
+      np.testing.assert_array_equal(g.scores, w.scores)
   for valid in (None, np.array([True, False, True])):
     want = host.detect(params, images, valid)
     got = device.detect(params, images, valid)

@@ -224,6 +224,25 @@ def test_jax_export_in_process_equals_detect_and_checks_images(
       detector(images_bad)
 
 
+def test_jax_export_carries_the_test_time_mirror(run, images, tmp_path):
+  """eval.flip is part of the exported detector (and its metadata)."""
+  config, workdir, model, variables, *_ = run
+  config = config.copy_and_resolve_references()
+  config.eval.flip = True
+  output = str(tmp_path / "flip")
+  export.export(config, workdir, output, "jax")
+  assert export.read_metadata(output)["detect_settings"]["flip"] is True
+  settings = detect.DetectSettings.from_config(config)
+  x = images[0]["wide"]
+  want = jax.device_get(
+    jax.jit(detect.detect, static_argnums=(0, 3))(model, variables, x, settings)
+  )
+  got = jax.device_get(export.load_jax(output)(x))
+  for key, value in want._asdict().items():
+    np.testing.assert_array_equal(got[key], value, err_msg=key)
+  assert want.num_detections.min() > 0
+
+
 def test_savedmodel_tensorflow_only_process(
   tf_export, images, reference, tmp_path
 ):

@@ -250,6 +250,31 @@ def test_no_mirror_when_classes_are_mirror_images():
   assert "no mirror: it turns arrow_left into arrow_right" in guarded.reason
 
 
+def test_flip_test_when_training_mirrors_and_the_boxes_allow():
+  stats = _stats(np.full(100, 0.2))
+  plain = _by_field(recipe.choose(stats, _config()))["eval.flip"]
+  assert plain.value is True and "mirrored image" in plain.reason
+  paired = stats._replace(class_names=("arrow_left", "arrow_right", "disc"))
+  guarded = _by_field(recipe.choose(paired, _config()))["eval.flip"]
+  assert guarded.value is False
+  assert guarded.reason == "training does not mirror the images"
+  config = _config()  # Mirroring switched off in the config, kept.
+  config.data.augment_config = {"flip_prob": 0.0}
+  fixed = _by_field(recipe.choose(stats, config, fixed={"data.augment_config"}))
+  assert fixed["eval.flip"].value is False
+  config = _config()  # The zoo's ResNet-50 SSD300: NVIDIA's 300 px grid.
+  config.model.update(backbone="resnet50", image_size=300)
+  resnet = _by_field(recipe.choose(stats, config, fixed={"model.image_size"}))[
+    "eval.flip"
+  ]
+  assert resnet.value is False and "not mirror-symmetric" in resnet.reason
+  config = _config()
+  config.eval.flip = False
+  kept = _by_field(recipe.choose(stats, config, fixed={"eval.flip"}))
+  assert kept["eval.flip"].value is False
+  assert kept["eval.flip"].source == "command line"
+
+
 def _fitted_coverage(stats, size, conv3_3_map):
   """Coverage of the fitted boxes, by default_boxes' own per-box loop."""
   config = _config()
