@@ -22,6 +22,9 @@ shapes, fixed orientation, 128 px, 1-5 objects of 10%-50%) in another way:
                 hourglass), turned by a random multiple of 90 degrees; 160
                 px on a blotchy coloured background with noise and a few
                 unannotated lines; 1-4 objects of 6%-37% of the side.
+  shapes10_upright  shapes10 as the issue describes its held-out set: the
+                same classes, sizes and backgrounds, upright and without
+                the lines.
   small_crowded 5-12 small objects (4%-15% of a 200 px side) of 5 classes,
                 boxes overlapping up to IoU 0.3; the later object hides
                 the earlier.
@@ -577,6 +580,15 @@ def scene_shapes10(rng) -> Scene:
   )  # fmt: skip
 
 
+def scene_shapes10_upright(rng) -> Scene:
+  """shapes10_upright: shapes10 as the issue describes its held-out set,
+  upright (no 90-degree turns) and without clutter lines."""
+  return _shape_scene(
+    rng, image_hw=(160, 160), shapes=SHAPES10, count=(1, 4),
+    side=(0.06, 0.37),
+  )  # fmt: skip
+
+
 def scene_small_crowded(rng) -> Scene:
   """small_crowded: 5-12 objects of 4%-15% of 200 px, IoU <= 0.3."""
   return _shape_scene(
@@ -673,6 +685,7 @@ class SetSpec(NamedTuple):
 
 SETS = {
   "shapes10": SetSpec(SHAPES10, scene_shapes10),
+  "shapes10_upright": SetSpec(SHAPES10, scene_shapes10_upright),
   "small_crowded": SetSpec(SMALL_CROWDED, scene_small_crowded),
   "large_few": SetSpec(LARGE_FEW, scene_large_few),
   "grey_similar": SetSpec(GREY_SIMILAR, scene_grey_similar, grey=True),
