@@ -41,7 +41,9 @@ at start-up:
   as much learnt per step as 1/4, in less time).
 
 A field set on the command line (`--config.model.image_size=128`) is the
-user's choice and is kept; the recipe logs it as such. The choices are
+user's choice and is kept; the recipe logs it as such. The augmentation is
+kept field by field: `--config.data.augment_config="{'rotate90_prob': 0.5}"`
+adds quarter turns to the recipe's zoom-out, patches and mirror. The choices are
 written to `<workdir>/recipe.json` at the first start and read back from
 there on a resume and by `--mode=eval`/`predict` and the exporter, so the
 model is rebuilt as it was trained even if the data changed.
@@ -263,7 +265,16 @@ def choose(
   pick("eval_every", max(1, math.ceil(steps / 2)), "halfway and at the end")
   pick("checkpoint_every", max(1, steps // 5), "5 checkpoints per run")
   field = "data.augment_config"
-  augment = pick(field, *_augmentation(small, size, stats.class_names))
+  augment, reason = _augmentation(small, size, stats.class_names)
+  if field in fixed:  # The augmentation fields set there win, field by field.
+    given = dict(_get(config, field) or {})
+    augment = {**augment, **given}
+    set_there = ", ".join(f"{k}={v}" for k, v in given.items())
+    choices.append(
+      Choice(field, augment, f"{set_there} set there; {reason}", "command line")
+    )
+  else:
+    augment = pick(field, augment, reason)
   for field, value, reason in _padding(stats, config):
     pick(field, value, reason)
   pick("eval.flip", *_flip_test(stats, config, size, conv3_3, augment))

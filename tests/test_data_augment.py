@@ -313,3 +313,62 @@ def test_render_coverage_agrees_with_the_resampler():
   for size in (7, 37, 100):
     _, coverage = _render(image, augment.FULL_WINDOW, size)
     assert coverage.all()
+
+
+def _turned_boxes(boxes, k):
+  """k counter-clockwise quarter turns of normalised corners, by hand."""
+  for _ in range(k):
+    x0, y0, x1, y1 = np.moveaxis(boxes, -1, 0)
+    boxes = np.stack([y0, 1 - x1, y1, 1 - x0], -1)
+  return boxes
+
+
+def _which_turn(turned, image):
+  """k with np.rot90(image, k) == turned (None if no k)."""
+  ks = [k for k in range(4) if np.array_equal(np.rot90(image, k), turned)]
+  return ks[0] if len(ks) == 1 else None
+
+
+def test_rotate90_turns_image_and_boxes_together():
+  image, box = _scene(h=64, w=64, box_px=(12, 8, 40, 20))
+  turns = set()
+  for seed in range(24):
+    out, boxes = augment.rotate90(
+      tf.constant(image), tf.constant(box[None]), _seed(seed), 1.0
+    )
+    k = _which_turn(out.numpy(), image)
+    assert k in (1, 2, 3), seed  # prob 1: always a turn
+    turns.add(k)
+    np.testing.assert_allclose(boxes[0], _turned_boxes(box, k), atol=1e-7)
+    _assert_box_on_object(out.numpy().astype(np.float32), boxes.numpy()[0])
+  assert turns == {1, 2, 3}
+  out, boxes = augment.rotate90(
+    tf.constant(image), tf.constant(box[None]), _seed(0), 0.0
+  )
+  np.testing.assert_array_equal(out, image)
+  np.testing.assert_array_equal(boxes, box[None])
+  # No boxes.
+  _, empty = augment.rotate90(
+    tf.constant(image), tf.zeros([0, 4]), _seed(1), 1.0
+  )
+  assert empty.shape == (0, 4)
+
+
+def test_train_augment_rotate90_only_adds_the_turn():
+  """The other steps draw the same numbers with and without the turn."""
+  image, box = _scene(h=60, w=80, box_px=(20, 15, 50, 45))
+  turned_config = NO_PHOTO._replace(rotate90_prob=0.5)
+  kinds = set()
+  for seed in range(10):
+    args = (image, box[None], tf.constant([3]), _seed(seed), 96)
+    plain, plain_boxes, _ = augment.train_augment(*args, NO_PHOTO)
+    out, boxes, labels = augment.train_augment(*args, turned_config)
+    k = _which_turn(out.numpy(), plain.numpy())
+    assert k is not None and labels.numpy().tolist() == [3]
+    np.testing.assert_allclose(
+      boxes, _turned_boxes(plain_boxes.numpy(), k), atol=1e-6
+    )
+    kinds.add(k > 0)
+  assert kinds == {True, False}
+  with pytest.raises(ValueError, match="rotate90_prob needs a square"):
+    augment.train_augment(*args[:4], (96, 64), turned_config)

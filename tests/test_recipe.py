@@ -250,6 +250,24 @@ def test_no_mirror_when_classes_are_mirror_images():
   assert "no mirror: it turns arrow_left into arrow_right" in guarded.reason
 
 
+def test_augmentation_set_on_the_command_line_wins_field_by_field():
+  stats = _stats(np.full(100, 0.2))
+  own = _by_field(recipe.choose(stats, _config()))["data.augment_config"]
+  config = _config()
+  config.data.augment_config = {"rotate90_prob": 0.5, "min_scale": 0.3}
+  fixed = {"data.augment_config"}
+  got = _by_field(recipe.choose(stats, config, fixed))["data.augment_config"]
+  assert got.value == {**own.value, "rotate90_prob": 0.5, "min_scale": 0.3}
+  assert got.source == "command line"
+  assert got.reason.startswith("rotate90_prob=0.5, min_scale=0.3 set there; ")
+  resolved = recipe.apply(config, [got])
+  assert resolved.data.augment_config["rotate90_prob"] == 0.5
+  assert (
+    resolved.data.augment_config["max_expand_ratio"]
+    == (own.value["max_expand_ratio"])
+  )
+
+
 def test_flip_test_when_training_mirrors_and_the_boxes_allow():
   stats = _stats(np.full(100, 0.2))
   plain = _by_field(recipe.choose(stats, _config()))["eval.flip"]

@@ -68,6 +68,10 @@ class AugmentConfig(NamedTuple):
     min_aspect: smallest patch aspect ratio (w / h, relative to the image).
     max_aspect: largest patch aspect ratio.
     flip_prob: probability of a horizontal mirror.
+    rotate90_prob: probability of turning the output by 90, 180 or 270
+      degrees (one of the three, uniformly; `rotate90`): for classes that
+      keep their names when turned (aerial or microscope images, symbols
+      in any orientation), not for upright scenes. Square outputs only.
   """
 
   brightness_prob: float = 0.5
@@ -87,6 +91,7 @@ class AugmentConfig(NamedTuple):
   min_aspect: float = 0.5
   max_aspect: float = 2.0
   flip_prob: float = 0.5
+  rotate90_prob: float = 0.0
 
 
 DEFAULT_AUGMENT = AugmentConfig()
@@ -279,6 +284,41 @@ def flip(
   )
 
 
+def rotate90(
+  image: tf.Tensor, boxes: tf.Tensor, seed: tf.Tensor, prob: float
+) -> tuple[tf.Tensor, tf.Tensor]:
+  """Turns a square image counter-clockwise by k x 90 degrees, k in 1..3.
+
+  With probability `prob`, k uniform (`np.rot90`'s and `tf.image.rot90`'s
+  direction). One quarter turn moves a normalised point (x, y) to (y, 1 -
+  x), so a box (x0, y0, x1, y1) becomes (y0, 1 - x1, y1, 1 - x0).
+
+  Args:
+    image: [S, S, C] (square: the turn keeps the shape).
+    boxes: [G, 4] float32 corners, normalised.
+    seed: [2] int stateless seed.
+    prob: probability of a turn.
+
+  Returns:
+    (image [S, S, C], boxes [G, 4]).
+  """
+  s = _seeds(seed, 2)
+  turns = tf.where(
+    _coin(s[0], prob),
+    tf.random.stateless_uniform((), s[1], minval=1, maxval=4, dtype=tf.int32),
+    0,
+  )
+
+  def quarter(boxes):
+    return tf.stack(
+      [boxes[:, 1], 1.0 - boxes[:, 2], boxes[:, 3], 1.0 - boxes[:, 0]], -1
+    )
+
+  for k in range(1, 4):
+    boxes = tf.where(turns >= k, quarter(boxes), boxes)
+  return tf.image.rot90(image, turns), boxes
+
+
 def _sample_points(lo, hi, source: tf.Tensor, out: int) -> tuple:
   """crop_and_resize end points for a window side, pixel-centre exact.
 
@@ -435,7 +475,8 @@ def train_augment(
   """The full training augmentation for one example.
 
   Photometric distortion, expand, min-IoU crop, mirror, resize, normalise
-  (see the module docstring for how the steps are fused).
+  (see the module docstring for how the steps are fused), then the
+  optional quarter turns (`rotate90`).
 
   Args:
     image: [H, W, 3] uint8 RGB.
@@ -462,7 +503,16 @@ def train_augment(
   pixels, coverage, covered = _render_raw(image, window, size)
   distorted = photometric_distort(pixels, s[3], config)
   # Canvas pixels stay at the mean, i.e. 0 once normalised.
-  return _normalize_covered(distorted, coverage, covered), boxes, labels
+  out = _normalize_covered(distorted, coverage, covered)
+  if config.rotate90_prob > 0:  # Its own seed: the others stay as they were.
+    height, width = (size, size) if isinstance(size, int) else size
+    if height != width:
+      raise ValueError(
+        f"augment_config.rotate90_prob needs a square output; got {size}"
+      )
+    turn_seed = tf.random.experimental.stateless_fold_in(seed, 4)
+    out, boxes = rotate90(out, boxes, turn_seed, config.rotate90_prob)
+  return out, boxes, labels
 
 
 def eval_preprocess(image: tf.Tensor, size: int | tuple[int, int]) -> tf.Tensor:
