@@ -6,12 +6,13 @@ asks training to choose, from the training split's boxes
 nobody tuned it for most depends on, and to log each choice with its reason
 at start-up:
 
-- `model.image_size`: large enough that the small objects (the 10th
-  percentile of the boxes' sqrt(w h)) cover `MIN_OBJECT_PIXELS` pixels
-  (`MIN_OBJECT_PIXELS_STRIDE4` for a VGG model, which can take conv3_3's
-  stride-4 map), a multiple of 32 in [`MIN_SIZE`, `MAX_SIZE`], and no
-  larger than the images themselves (a 120 px image is not upsampled to
-  256);
+- `model.image_size`: the largest multiple of 32 that still trains
+  `TARGET_EPOCHS` epochs in the time (`seconds_per_image`), but at least
+  the side where the small objects (the 10th percentile of the boxes'
+  sqrt(w h)) span `MIN_OBJECT_PIXELS` pixels (`MIN_OBJECT_PIXELS_STRIDE4`
+  for a VGG model, which can take conv3_3's stride-4 map), within
+  [`MIN_SIZE`, `MAX_SIZE`] and no larger than the images themselves (a 120
+  px image is not upsampled to 256);
 - `num_steps`: `epochs` passes over the training split, where `epochs`
   falls with the dataset's size, the input size and conv3_3's map (as
   many as fit in `TRAIN_SECONDS` at the cost per image measured on 2 CPU
@@ -68,17 +69,19 @@ RECIPE_FILE = "recipe.json"
 # Input sizes the quick recipe picks from (multiples of 32).
 MIN_SIZE = 96
 MAX_SIZE = 256
-# The small objects (10th percentile of sqrt(w h)) should span this many
-# input pixels where conv4_3's stride 8 is the finest grid (the zoo
-# models): smaller boxes are rarely within the matching IoU of a default
-# box. Where conv3_3's stride-4 map can take them (the VGG models), 6 px:
-# in the same time a smaller input trains more epochs, which paid more than
-# the pixels it gave up (whole 10-minute runs with conv3_3: shapes10 0.73
-# mAP at 96 px / 70 epochs against 0.61 at 128 px / 39; small_crowded 0.67
-# at 160 px / 26 against 0.44 at 192 px / 15; mixed_sizes 0.88 at 96 px
-# and at 128 px).
+# The input side is the largest that still trains TARGET_EPOCHS epochs in
+# TRAIN_SECONDS, and never one where the small objects (10th percentile of
+# sqrt(w h)) span fewer than MIN_OBJECT_PIXELS input pixels (conv4_3's
+# stride 8 is the zoo models' finest grid: smaller boxes are rarely within
+# the matching IoU of a default box), MIN_OBJECT_PIXELS_STRIDE4 for a VGG
+# model, which can take conv3_3's stride-4 map. Whole 10-minute runs: epochs
+# pay up to about 50 and pixels after that (shapes10 0.744 at 128 px / 52
+# epochs against 0.725 at 96 / 92; small_crowded 0.799 at 128 / 52, its
+# small objects 5.4 px, against 0.778 at 160 / 38 and, at width 1/4, 0.44
+# at 192 / 15).
+TARGET_EPOCHS = 50
 MIN_OBJECT_PIXELS = 12.0
-MIN_OBJECT_PIXELS_STRIDE4 = 6.0
+MIN_OBJECT_PIXELS_STRIDE4 = 5.0
 # The quick run's training time: epochs are as many as fit in it at the
 # measured cost per image below (8.5 minutes; with start-up and the final
 # evaluation, about 9 of the 10-minute target).
@@ -190,18 +193,40 @@ def choose(
   image_side = float(np.median(stats.image_sizes.max(axis=1)))
   stride4 = _may_take_conv3_3(config, fixed)
   min_pixels = MIN_OBJECT_PIXELS_STRIDE4 if stride4 else MIN_OBJECT_PIXELS
-  want = min_pixels / max(small, 1e-3)
   cap = max(MIN_SIZE, min(MAX_SIZE, _round_to(image_side, 32)))
+  floor = int(np.clip(32 * math.ceil(min_pixels / max(small, 1e-3) / 32),
+                      MIN_SIZE, cap))  # fmt: skip
+  vgg = box_stats.can_fit(config.model)
+  # The cost the schedule will be planned at: conv3_3's map if it may come.
+  plan_width = (
+    float(config.model.width)
+    if vgg and "model.width" in fixed
+    else RECIPE_WIDTH
+  )
+
+  def epochs_at(side: int) -> float:
+    cost = seconds_per_image(side, stride4, plan_width)
+    return TRAIN_SECONDS / stats.num_images / cost
+
+  enough = [
+    s for s in range(floor, cap + 1, 32) if epochs_at(s) >= TARGET_EPOCHS
+  ]
   size = pick(
     "model.image_size",
-    int(np.clip(32 * math.ceil(want / 32), MIN_SIZE, cap)),
-    f"small objects (10th percentile of sqrt(wh): {small:.3f} of the "
-    f"image) span >= {min_pixels:.0f} px "
-    + ("(conv3_3's stride-4 map can take them) " if stride4 else "")
-    + f"where the images allow (~{image_side:.0f} px: sizes "
-    f"{MIN_SIZE}..{cap})",
+    max(enough, default=floor),
+    f"the largest side that trains >= {TARGET_EPOCHS} epochs in "
+    f"{TRAIN_SECONDS / 60:.1f} min (at the measured cost"
+    + (", counting conv3_3's map" if stride4 else "")
+    + f"), at least {floor}, where the small objects (10th percentile of "
+    f"sqrt(wh): {small:.3f} of the image) span >= {min_pixels:g} px, and at "
+    f"most {cap} (the images' ~{image_side:.0f} px)"
+    + (
+      ""
+      if enough
+      else f"; even {floor} px trains only {epochs_at(floor):.0f} epochs"
+    ),  # fmt: skip
   )
-  if box_stats.can_fit(config.model):  # VGG: the zoo brings its own boxes, BN
+  if vgg:  # The zoo brings its own boxes, BatchNorm and widths.
     priors = pick(
       "model.priors",
       "fitted",

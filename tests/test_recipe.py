@@ -40,27 +40,62 @@ def _by_field(choices):
   return {c.field: c for c in choices}
 
 
-def test_image_size_follows_the_small_objects_and_the_images():
+def _size_rule(stats, stride4=True, width=recipe.RECIPE_WIDTH):
+  """The rule by hand: the largest side with TARGET_EPOCHS, >= the floor."""
+  w, h = (stats.boxes[:, 2:] - stats.boxes[:, :2]).T
+  small = np.quantile(np.sqrt(w * h), 0.1)
+  pixels = recipe.MIN_OBJECT_PIXELS_STRIDE4 if stride4 else 12.0
+  cap = min(256, 32 * round(np.median(stats.image_sizes.max(1)) / 32))
+  floor = min(max(96, 32 * int(np.ceil(pixels / small / 32))), cap)
+  ok = [
+    side
+    for side in range(floor, cap + 1, 32)
+    if recipe.TRAIN_SECONDS
+    / stats.num_images
+    / recipe.seconds_per_image(side, stride4, width)
+    >= recipe.TARGET_EPOCHS
+  ]
+  return max(ok, default=floor), floor
+
+
+def test_image_size_trains_enough_epochs_above_the_small_objects():
   config = _config()
   rng = np.random.default_rng(1)
-  small = _stats(rng.uniform(0.06, 0.3, 400), image_hw=(480, 640))
-  large = _stats(rng.uniform(0.3, 0.8, 400), image_hw=(480, 640))
-  tiny_images = _stats(rng.uniform(0.02, 0.3, 400), image_hw=(120, 100))
-  size = {
-    name: _by_field(recipe.choose(s, config))["model.image_size"].value
-    for name, s in [("small", small), ("large", large), ("tiny", tiny_images)]
-  }
-  for value in size.values():
-    assert value % 32 == 0 and recipe.MIN_SIZE <= value <= recipe.MAX_SIZE
-  # The 10th percentile of U(0.06, 0.3) is 0.084: a VGG model, which can
-  # take conv3_3's stride-4 map, wants 6 / 0.084 = 71 -> 96 px (the
-  # smallest); without it 12 / 0.084 = 143 -> 160.
-  assert size["small"] == 96
-  assert size["large"] == recipe.MIN_SIZE
-  # 120 px images are not upsampled beyond their own size (rounded to 32):
-  # U(0.02, 0.3) wants 6 / 0.048 = 125 -> 128, the cap, and would want
-  # 160 from larger images.
-  assert size["tiny"] == 128
+  boxes = rng.uniform(0.06, 0.3, 400)  # 10th percentile 0.084: floor 96
+  got = {}
+  for n in (50, 400, 1600):
+    stats = _stats(boxes, image_hw=(480, 640), num_images=n)
+    choice = _by_field(recipe.choose(stats, config))["model.image_size"]
+    want, floor = _size_rule(stats)
+    assert choice.value == want and floor == 96, n
+    got[n] = choice.value
+    assert choice.value % 32 == 0
+    assert recipe.MIN_SIZE <= choice.value <= recipe.MAX_SIZE
+  # Fewer images, more pixels: 50 images take 256 px (the largest), 400
+  # take 128 (52 epochs; 160 would give 35), 1600 the floor (23 epochs).
+  assert (got[50], got[400], got[1600]) == (256, 128, 96)
+  assert (
+    "even 96 px trains only 23 epochs"
+    in _by_field(recipe.choose(_stats(boxes, (480, 640), 1600), config))[
+      "model.image_size"
+    ].reason
+  )
+  # Small objects set the floor whatever the epochs: U(0.01, 0.3)'s 10th
+  # percentile 0.039 wants 5 / 0.039 = 128.
+  smaller = _stats(rng.uniform(0.01, 0.3, 400), (480, 640), num_images=1600)
+  assert _size_rule(smaller)[1] == 128
+  assert (
+    _by_field(recipe.choose(smaller, config))["model.image_size"].value == 128
+  )
+  # 120 px images are not upsampled beyond their own size (rounded to 32).
+  tiny_images = _stats(boxes, image_hw=(120, 100), num_images=50)
+  assert (
+    _by_field(recipe.choose(tiny_images, config))["model.image_size"].value
+    == 128
+  )
+  # No conv3_3 map (the zoo, or set so): small objects need 12 px, a
+  # stride-8 grid's: 12 / 0.084 = 143 -> 160, and no conv3_3 cost.
+  stats = _stats(boxes, image_hw=(480, 640), num_images=1600)
   stride8 = [
     ("model.backbone", "mobilenet_v3_large", set()),
     ("model.conv3_3_map", False, {"model.conv3_3_map"}),
@@ -69,9 +104,16 @@ def test_image_size_follows_the_small_objects_and_the_images():
   for field, value, fixed in stride8:
     config = _config()
     config.model[field.split(".")[1]] = value
-    by = _by_field(recipe.choose(small, config, fixed))
-    assert by["model.image_size"].value == 160, field
+    by = _by_field(recipe.choose(stats, config, fixed))
+    assert by["model.image_size"].value == _size_rule(stats, False)[0] == 160
     assert "conv3_3" not in by["model.image_size"].reason
+  # A width set on the command line changes the cost, so the side.
+  config = _config()
+  config.model.width = 0.75  # 4x the cost per image
+  stats = _stats(boxes, image_hw=(480, 640), num_images=50)
+  wide = _by_field(recipe.choose(stats, config, {"model.width"}))
+  assert wide["model.image_size"].value == _size_rule(stats, True, 0.75)[0]
+  assert wide["model.image_size"].value < got[50]
 
 
 def test_schedule_is_in_epochs_and_bounded():
@@ -351,16 +393,16 @@ def test_epochs_fill_the_training_time_at_the_measured_cost():
   config = _config()
   rng = np.random.default_rng(4)
   seen = set()
-  for sizes in (rng.uniform(0.01, 0.3, 300), rng.uniform(0.02, 0.3, 300)):
-    stats = _stats(sizes, num_images=400)
+  for n in (250, 400):
+    stats = _stats(rng.uniform(0.02, 0.3, 300), num_images=n)
     by = _by_field(recipe.choose(stats, config))
     cost = recipe.seconds_per_image(
       by["model.image_size"].value, by["model.conv3_3_map"].value
     )
-    epochs = int(round(recipe.TRAIN_SECONDS / 400 / cost))
+    epochs = int(round(recipe.TRAIN_SECONDS / n / cost))
     assert recipe.MIN_EPOCHS < epochs < recipe.MAX_EPOCHS
-    assert by["num_steps"].value == -(-epochs * 400 // config.batch_size)
-    assert f"{epochs} epochs of 400 images" in by["num_steps"].reason
+    assert by["num_steps"].value == -(-epochs * n // config.batch_size)
+    assert f"{epochs} epochs of {n} images" in by["num_steps"].reason
     seen.add(by["model.image_size"].value)
   assert seen == {128, 160}
 
