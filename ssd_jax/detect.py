@@ -38,8 +38,8 @@ def predict(
   describe prior p of the original (with the centre offset's sign turned),
   and each prior's offsets and probabilities are the mean of the two.
   Test-time mirroring of a model trained with mirrored images: +0.007 to
-  +0.017 mAP@0.5 on four held-out VOC-format sets (README, "Train on your
-  own data").
+  +0.017 mAP@0.5 on four trained models of three held-out VOC-format sets
+  (README, "Train on your own data").
 
   Args:
     model: the flax module (hashable: equal modules are equal values, so it

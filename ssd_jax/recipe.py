@@ -339,7 +339,7 @@ def _flip_test(
   return True, (
     "each default box's outputs averaged with the mirrored image's (the "
     "model trains on mirrored images): +0.007 to +0.017 mAP on four "
-    "held-out sets, twice the evaluation's forward"
+    "trained models of three held-out sets, twice the evaluation's forward"
   )
 
 
