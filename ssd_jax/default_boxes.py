@@ -512,9 +512,14 @@ def mirror_permutation(priors: np.ndarray, tol: float = 1e-4) -> np.ndarray:
     rows = np.flatnonzero(group.reshape(-1) == g)
     centres = priors[rows, :2]
     mirrored = np.stack([1.0 - centres[:, 0], centres[:, 1]], axis=-1)
-    dist = np.abs(mirrored[:, None, :] - centres[None, :, :]).max(-1)
-    nearest = dist.argmin(axis=1)
-    bad = dist[np.arange(len(rows)), nearest] > tol
+    nearest = np.empty(len(rows), np.int64)
+    gap = np.empty(len(rows))
+    for start in range(0, len(rows), 512):  # [512, n] at a time, not [n, n]
+      part = mirrored[start : start + 512]
+      dist = np.abs(part[:, None, :] - centres[None, :, :]).max(-1)
+      nearest[start : start + 512] = dist.argmin(axis=1)
+      gap[start : start + 512] = dist.min(axis=1)
+    bad = gap > tol
     if bad.any():
       cx, cy, w, h = priors[rows[np.argmax(bad)]]
       raise ValueError(

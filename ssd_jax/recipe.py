@@ -83,8 +83,9 @@ TARGET_EPOCHS = 50
 MIN_OBJECT_PIXELS = 12.0
 MIN_OBJECT_PIXELS_STRIDE4 = 5.0
 # The quick run's training time: epochs are as many as fit in it at the
-# measured cost per image below (8.5 minutes; with start-up and the final
-# evaluation, about 9 of the 10-minute target).
+# measured cost per image below (8.5 minutes; with start-up and the two
+# evaluations the held-out runs took 8.6-9.8 of the 10-minute target, the
+# machine's speed moving by about 10% between runs).
 TRAIN_SECONDS = 510.0
 # The VGG models' width (channel multiplier) for the quick run: 3/16 of
 # VGG16's channels trains at 1.25-1.3x the images per second of

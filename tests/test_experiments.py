@@ -333,6 +333,10 @@ OWN_DATA_CLASSES = {
     "star", "hexagon", "arrow", "half_disc", "l_shape", "heart", "crescent",
     "pentagon", "trapezoid", "hourglass",
   ],
+  "shapes10_upright": [
+    "star", "hexagon", "arrow", "half_disc", "l_shape", "heart", "crescent",
+    "pentagon", "trapezoid", "hourglass",
+  ],
   "small_crowded": ["heart", "hexagon", "arrow", "crescent", "t_shape"],
   "large_few": ["pentagon", "l_shape", "half_disc", "hourglass", "star"],
   "grey_similar": [

@@ -107,7 +107,7 @@ def test_hard_negatives_equals_a_sorted_loop_with_ties(seed, p, ratio):
   np.testing.assert_array_equal(got, want)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(st.integers(0, 2**31 - 1), st.integers(1, 80))
 def test_kth_largest_equals_sorted_values(seed, p):
   """Mixed signs, ties, +-0.0, infinities and subnormals, every k."""
@@ -121,10 +121,9 @@ def test_kth_largest_equals_sorted_values(seed, p):
     rng.normal(size=p).astype(np.float32) * 10.0 ** rng.integers(-3, 4, p),
   ).astype(np.float32)
   want = np.sort(values)[::-1]
-  fn = jax.jit(losses.kth_largest)
-  for k in range(1, p + 1):
-    got = np.asarray(fn(jnp.asarray(values), k))
-    assert got == want[k - 1], (k, got, want[k - 1])  # +-0.0 compare equal
+  every_k = jax.jit(jax.vmap(losses.kth_largest, in_axes=(None, 0)))
+  got = np.asarray(every_k(jnp.asarray(values), jnp.arange(1, p + 1)))
+  np.testing.assert_array_equal(got, want)  # +-0.0 compare equal
 
 
 def test_kth_largest_hand_worked_and_traced_k():
