@@ -72,10 +72,11 @@ class Evaluator:
     # `device_postprocess`); the same detections up to float rounding.
     self.nms = config.eval.get("nms", "host")
     config_lib.check_choice("eval.nms", self.nms, config_lib.EVAL_NMS)
+    # The decoding settings, eval.flip among them, read once for both paths.
+    self._settings = detect_lib.DetectSettings.from_config(config)
     self._device_detect = None
     if self.nms == "device":
       self._device_detect = detect_lib.detect_normalized_jit
-      self._settings = detect_lib.DetectSettings.from_config(config)
 
   def detect(
     self, params: Any, images: np.ndarray, valid: np.ndarray | None = None
@@ -110,9 +111,7 @@ class Evaluator:
       ]
     ecfg = self.config.eval
     loc, probs = jax.device_get(
-      detect_lib.predict_jit(
-        self.model, params, images, bool(ecfg.get("flip", False))
-      )
+      detect_lib.predict_jit(self.model, params, images, self._settings.flip)
     )
     return postprocess.decode_detections_batch(
       loc,

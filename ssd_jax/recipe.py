@@ -327,12 +327,7 @@ def _flip_test(
   )
   if flip_prob <= 0:
     return False, "training does not mirror the images"
-  model_cfg = {
-    **config.model.to_dict(),
-    "image_size": size,
-    "conv3_3_map": bool(conv3_3_map),
-  }
-  cfg = ml_collections.ConfigDict({**config.to_dict(), "model": model_cfg})
+  cfg = _at_size(config, size, conv3_3_map)
   try:
     db.mirror_permutation(box_stats.model_for(cfg, stats).priors())
   except ValueError as e:
@@ -392,6 +387,22 @@ def _may_take_conv3_3(
   )
 
 
+def _at_size(
+  config: ml_collections.ConfigDict,
+  size: int,
+  conv3_3_map: bool,
+  **model_fields: Any,
+) -> ml_collections.ConfigDict:
+  """A copy of the config whose model has this input size and conv3_3 map."""
+  model_cfg = {
+    **config.model.to_dict(),
+    "image_size": size,
+    "conv3_3_map": bool(conv3_3_map),
+    **model_fields,
+  }
+  return ml_collections.ConfigDict({**config.to_dict(), "model": model_cfg})
+
+
 def _coverage(
   stats: box_stats.DatasetStats,
   config: ml_collections.ConfigDict,
@@ -404,13 +415,7 @@ def _coverage(
   `priors` "fitted": boxes fitted to `stats` (`box_stats.fitted_prior_config`);
   "default": the model's own rule.
   """
-  model_cfg = {
-    **config.model.to_dict(),
-    "image_size": size,
-    "conv3_3_map": bool(conv3_3_map),
-    "priors": priors,
-  }
-  cfg = ml_collections.ConfigDict({**config.to_dict(), "model": model_cfg})
+  cfg = _at_size(config, size, conv3_3_map, priors=priors)
   prior_config = (
     box_stats.fitted_prior_config(cfg, stats)
     if priors == "fitted"
