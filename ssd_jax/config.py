@@ -107,6 +107,10 @@ def base_config() -> ml_collections.ConfigDict:
       # VGG models: conv3_3 (stride 4) as a first source map, for objects
       # too small for conv4_3's stride-8 grid (`models.SSD`).
       "conv3_3_map": False,
+      # VGG models: "space_to_depth" runs conv1 at half resolution on 2x2
+      # pixel blocks instead of full resolution and pool1 (`models.VGG16`);
+      # "vgg" is the paper's.
+      "stem": "vgg",
       # BatchNorm models: use the running statistics in training, no
       # updates (for small per-device batches).
       "freeze_batch_norm": False,

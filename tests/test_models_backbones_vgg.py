@@ -186,3 +186,47 @@ def test_conv3_3_map_is_stage_3_then_its_own_l2norm():
   ref = scale * c / np.sqrt((c * c).sum(-1, keepdims=True) + 1e-10)
   assert sources[0].shape == (2, 10, 10, 16)
   np.testing.assert_allclose(sources[0], ref, rtol=1e-4, atol=1e-4)
+
+
+def test_space_to_depth_matches_loop_and_rejects_odd_sides():
+  x = np.random.default_rng(2).normal(size=(2, 4, 6, 3)).astype(np.float32)
+  y = np.asarray(vgg.space_to_depth(jnp.asarray(x)))
+  assert y.shape == (2, 2, 3, 12)
+  for b in range(2):
+    for r in range(2):
+      for c in range(3):
+        for i in range(2):
+          for j in range(2):
+            np.testing.assert_array_equal(
+              y[b, r, c, (i * 2 + j) * 3 : (i * 2 + j + 1) * 3],
+              x[b, 2 * r + i, 2 * c + j],
+            )
+  assert vgg.space_to_depth(jnp.zeros((1, 0, 0, 3))).shape == (1, 0, 0, 12)
+  with pytest.raises(ValueError, match="multiples of 2; got 5x6"):
+    vgg.space_to_depth(jnp.zeros((1, 5, 6, 3)))
+
+
+def test_space_to_depth_stem_is_conv1_at_half_resolution():
+  """Same maps as the VGG stem; conv3_3 against plain convolutions."""
+  trunk = vgg.VGG16(width=1 / 16, conv3_3_map=True, stem="vgg")
+  folded = trunk.clone(stem="space_to_depth")
+  x = jnp.asarray(np.random.default_rng(0).normal(0, 50, (2, 40, 40, 3)))
+  variables = jax.jit(folded.init)(jax.random.key(0), x)
+  p = variables["params"]
+  assert p["conv1_1"]["kernel"].shape == (3, 3, 12, 4)
+  assert p["conv1_2"]["kernel"].shape == (3, 3, 4, 4)
+  maps = folded.apply(variables, x)
+  want = jax.eval_shape(trunk.init_with_output, jax.random.key(0), x)[0]
+  assert [m.shape for m in maps] == [m.shape for m in want]
+  # Stage 1 of the folded stem, then the unchanged stages 2-3 (conv3_3).
+  h = np.asarray(vgg.space_to_depth(x), np.float32)
+  h = _conv_relu_ref(h, p["conv1_1"])
+  h = _conv_relu_ref(h, p["conv1_2"])
+  for name, _ in vgg.VGG16_STAGES[1]:
+    h = _conv_relu_ref(h, p[name])
+  h = _pool_ref(h)
+  for name, _ in vgg.VGG16_STAGES[2]:
+    h = _conv_relu_ref(h, p[name])
+  np.testing.assert_allclose(maps[0], h, rtol=1e-4, atol=1e-3)
+  with pytest.raises(ValueError, match="stem must be one of"):
+    trunk.clone(stem="patchify").init(jax.random.key(0), x)

@@ -740,3 +740,26 @@ def test_from_config_conv3_3_map():
     )
   with pytest.raises(ValueError, match="model.conv3_3_map adds a VGG map"):
     models.from_config({"backbone": "resnet50", "conv3_3_map": True}, 3)
+
+
+def test_from_config_space_to_depth_stem():
+  base = {"name": "ssd", "image_size": 64, "width": 0.125}
+  model = models.from_config({**base, "stem": "space_to_depth"}, 5)
+  assert model.stem == "space_to_depth"
+  assert models.from_config(base, 5).stem == "vgg"
+  x = jnp.zeros((2, 64, 64, 3))
+  shapes = jax.eval_shape(model.init_with_output, jax.random.key(0), x)
+  (loc, logits), variables = shapes
+  assert loc.shape == (2, len(model.priors()), 4) and logits.shape[-1] == 5
+  np.testing.assert_array_equal(
+    model.priors(), models.from_config(base, 5).priors()
+  )
+  assert variables["params"]["vgg"]["conv1_1"]["kernel"].shape == (3, 3, 12, 8)
+  bad = [
+    ({**base, "stem": "patchify"}, "model.stem must be one of"),
+    ({**base, "image_size": 65, "stem": "space_to_depth"}, "even model.image"),
+    ({"backbone": "resnet50", "stem": "space_to_depth"}, "leave model.stem"),
+  ]
+  for fields, message in bad:
+    with pytest.raises(ValueError, match=message):
+      models.from_config(fields, 5)

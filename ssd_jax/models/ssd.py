@@ -42,7 +42,7 @@ from ssd_jax.default_boxes import (
   paper_prior_config,
   prior_boxes,
 )
-from ssd_jax.models.backbones.vgg import VGG16Backbone
+from ssd_jax.models.backbones.vgg import STEMS, VGG16Backbone
 from ssd_jax.models.extras import (
   ExtraLayers,
   extra_blocks,
@@ -130,6 +130,9 @@ class SSD(nn.Module):
     cpu_fast_ops: the CPU-friendly max-pool gradient (`cpu_ops.max_pool`
       for VGG16's 2x2 pools) and BatchNorm (`cpu_ops.BatchNorm`, with
       `batch_norm`); same results.
+    stem: VGG16's first stage, "vgg" (the paper's) or "space_to_depth"
+      (conv1 at half resolution; `VGG16.stem`); the maps and default boxes
+      are the same.
   """
 
   # The input normalisation (`ssd_jax.data.image.NORMALIZATIONS`): the Caffe
@@ -145,6 +148,7 @@ class SSD(nn.Module):
   param_dtype: Any = jnp.float32
   prior_config: PriorConfig | None = None
   cpu_fast_ops: bool = False
+  stem: str = "vgg"
 
   @nn.nowrap
   def resolved_prior_config(self) -> PriorConfig:
@@ -186,7 +190,10 @@ class SSD(nn.Module):
     layer = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     norm = dict(width=self.width, batch_norm=self.batch_norm, **layer)
     self.backbone = VGG16Backbone(
-      conv3_3_map=self.conv3_3_map, cpu_fast_ops=self.cpu_fast_ops, **norm
+      conv3_3_map=self.conv3_3_map,
+      cpu_fast_ops=self.cpu_fast_ops,
+      stem=self.stem,
+      **norm,
     )
     self.extras = ExtraLayers(
       extra_blocks(self.image_size), cpu_fast_ops=self.cpu_fast_ops, **norm
@@ -271,7 +278,9 @@ def from_config(model_cfg: Any, num_classes: int) -> Any:
       `prior_min_sizes` / `prior_max_sizes`, tuples of one pixel size per
       map chosen by `default_boxes.fit_prior_config`; VGG models only),
       `batch_norm` and `conv3_3_map` (VGG models only, default False; see
-      `SSD`; conv3_3_map with the priors of `CONV3_3_PRIORS`), and
+      `SSD`; conv3_3_map with the priors of `CONV3_3_PRIORS`), `stem`
+      (VGG models only: "vgg", default, or "space_to_depth", even
+      `image_size` only; see `VGG16`), and
       `cpu_fast_ops` ("auto" | "true" | "false" or a bool, default
       "auto": on when JAX's default backend is the CPU; selects the
       CPU-friendly max-pool gradient, `cpu_ops.max_pool`).
@@ -334,6 +343,14 @@ def from_config(model_cfg: Any, num_classes: int) -> Any:
       f"model.priors={priors!r} has no boxes for conv3_3; model.conv3_3_map "
       f"takes model.priors {' or '.join(map(repr, CONV3_3_PRIORS))}"
     )
+  stem = cfg.get("stem", "vgg")
+  if stem not in STEMS:
+    raise ValueError(f"model.stem must be one of {STEMS}; got {stem!r}")
+  if stem == "space_to_depth" and int(image_size) % 2:
+    raise ValueError(
+      "model.stem='space_to_depth' folds 2x2 pixel blocks and needs an even "
+      f"model.image_size; got {image_size}"
+    )
   prior_config = by_size and by_size[int(image_size)]
   if priors == "fitted":
     prior_config = _fitted_prior_config(cfg, int(image_size), conv3_3_map)
@@ -351,6 +368,7 @@ def from_config(model_cfg: Any, num_classes: int) -> Any:
     width=float(cfg.get("width", 1.0)),
     batch_norm=bool(cfg.get("batch_norm", False)),
     conv3_3_map=conv3_3_map,
+    stem=stem,
     dtype=_DTYPES[cfg.get("dtype", "float32")],
     param_dtype=_DTYPES[cfg.get("param_dtype", "float32")],
     prior_config=prior_config,
@@ -416,6 +434,11 @@ def _zoo_model(backbone: str, cfg: dict, num_classes: int) -> Any:
     raise ValueError(
       f"model.conv3_3_map adds a VGG map; the {backbone} model has its own "
       "maps: leave model.conv3_3_map at False"
+    )
+  if cfg.get("stem", "vgg") != "vgg":
+    raise ValueError(
+      f"model.stem={cfg['stem']!r} changes VGG16's first stage; the "
+      f"{backbone} model has its own: leave model.stem at 'vgg'"
     )
   extra = {}
   if backbone == "mobilenet_v3_large":
