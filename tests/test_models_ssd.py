@@ -590,9 +590,12 @@ def test_priors_and_outputs_equal_the_recorded_ones(name, reference):
   np.testing.assert_array_equal(got["rows"], want["rows"])
   for key in sorted(got):
     scale = max(1.0, float(np.abs(want[key]).max()))
-    # The same computation: equal to float32 rounding of the values.
+    # The same computation: equal to float32 rounding of the values. The
+    # convolutions' sums run in the CPU kernel's order: an AMD EPYC without
+    # AVX-512 gave up to 1.8e-5 off the recorded values (outputs of ~3),
+    # while a changed layer moves them by O(scale).
     np.testing.assert_allclose(
-      got[key], want[key], rtol=0, atol=1e-6 * scale, err_msg=key
+      got[key], want[key], rtol=0, atol=2e-5 * scale, err_msg=key
     )
 
 
