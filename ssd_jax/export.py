@@ -543,6 +543,7 @@ def export(
     raise ValueError(f"--format={fmt!r}: unknown format; one of {FORMATS}")
   check_output(output, overwrite)
   config_lib.check_fields(config)
+  config = train.trained_config(config, workdir)
   model, variables, names, step = train.restore_params(config, workdir, step)
   settings = detect_lib.DetectSettings.from_config(config)
   output = os.path.abspath(output)

@@ -68,6 +68,7 @@ def run(config, workdir: str, mode: str = "train", **kwargs):
       config, workdir, fixed=kwargs.get("fixed", ())
     )
   config_lib.check_fields(config)  # Training validates it all itself.
+  config = train.trained_config(config, workdir)
   model, variables, names, step = train.restore_params(
     config, workdir, kwargs.get("step")
   )

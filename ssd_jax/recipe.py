@@ -38,8 +38,10 @@ at start-up:
   objects that conv4_3's stride-8 grid cannot reach at the matching
   threshold); `model.batch_norm = True`: a BatchNorm after every
   convolution of the trunk and the extra blocks (from scratch it learns
-  faster); and `model.width = RECIPE_WIDTH` (3/16 of VGG16's channels:
-  as much learnt per step as 1/4, in less time).
+  faster); `model.width = RECIPE_WIDTH` (3/16 of VGG16's channels:
+  as much learnt per step as 1/4, in less time); and `model.stem =
+  "space_to_depth"` (conv1 at half resolution on 2x2 pixel blocks: the
+  same maps at `SPACE_TO_DEPTH_COST` of the time, so more epochs fit).
 
 A field set on the command line (`--config.model.image_size=128`) is the
 user's choice and is kept; the recipe logs it as such. The augmentation is
@@ -87,6 +89,19 @@ MIN_OBJECT_PIXELS_STRIDE4 = 5.0
 # evaluations the held-out runs took 8.6-9.8 of the 10-minute target, the
 # machine's speed moving by about 10% between runs).
 TRAIN_SECONDS = 510.0
+# `replan`: timing REPLAN_STEPS steps after the first REPLAN_WARMUP_STEPS
+# (compilation and warm-up), the run sets its steps from its own speed to
+# end RUN_SECONDS after training started (the held-out runs' 10 minutes
+# less a margin for the machine's speed changing during the run, ~10%),
+# reserving EVAL_SECONDS for each of the two evaluations (compiling the
+# forward, AP; shapes10's 120 test images with the mirror took ~7 s); a
+# change within REPLAN_TOLERANCE of the plan is not worth the step's
+# recompilation.
+REPLAN_WARMUP_STEPS = 10
+REPLAN_STEPS = 30
+RUN_SECONDS = 540.0
+EVAL_SECONDS = 12.0
+REPLAN_TOLERANCE = 0.03
 # The VGG models' width (channel multiplier) for the quick run: 3/16 of
 # VGG16's channels trains at 1.25-1.3x the images per second of
 # `:small`'s 1/4 and learns as much per step, so more epochs fit
@@ -118,6 +133,13 @@ CONV3_3_MIN_GAIN = 0.03
 # default boxes to match and rank): whole runs at 96 px, 18.0 ms per image
 # with it (grey_similar, textures) against 16.0 without (large_few).
 CONV3_3_COST = 1.13
+# ... and model.stem="space_to_depth" makes it this much cheaper than VGG16's
+# stem (conv1_1 and conv1_2 at full resolution with 12 channels are about
+# half the trunk's time on XLA CPU): the model's forward and gradient at
+# batch 16, interleaved in one process, took 0.72-0.75x the time at 96-160
+# px, and they are ~80% of a training step (matching, the loss and the
+# input are not cheaper).
+SPACE_TO_DEPTH_COST = 0.80
 # data.max_boxes: the training split's most boxes per image, rounded up to
 # a multiple of this.
 PAD_MULTIPLE = 8
@@ -164,9 +186,10 @@ def choose(
 
   Returns:
     Choices for model.image_size, model.priors, model.conv3_3_map,
-    model.batch_norm and model.width (VGG models only: the zoo's other
-    models bring their own maps, default boxes, BatchNorm and widths),
-    num_steps, warmup_steps, lr_schedule, lr_boundaries, eval_every,
+    model.batch_norm, model.width and model.stem (VGG models only: the
+    zoo's other models bring their own maps, default boxes, BatchNorm,
+    widths and stems),
+    lr_schedule, num_steps, warmup_steps, lr_boundaries, eval_every,
     checkpoint_every, data.augment_config, data.max_boxes,
     data.eval_max_boxes and eval.flip, in that order.
 
@@ -204,9 +227,14 @@ def choose(
     if vgg and "model.width" in fixed
     else RECIPE_WIDTH
   )
+  plan_stem = (
+    config.model.get("stem", "vgg")
+    if "model.stem" in fixed or not vgg
+    else "space_to_depth"
+  )
 
   def epochs_at(side: int) -> float:
-    cost = seconds_per_image(side, stride4, plan_width)
+    cost = seconds_per_image(side, stride4, plan_width, plan_stem)
     return TRAIN_SECONDS / stats.num_images / cost
 
   enough = [
@@ -259,37 +287,41 @@ def choose(
       f"{RECIPE_WIDTH:g} of VGG16's channels: 1.25-1.3x the images per "
       "second of 1/4 and as much learnt per step, so more epochs fit",
     )
-  else:
-    width = RECIPE_WIDTH  # The zoo: planned at the VGG's (unmeasured) cost.
+    stem = pick(
+      "model.stem",
+      "space_to_depth" if size % 2 == 0 else "vgg",
+      "conv1 at half resolution on 2x2 pixel blocks (VGG16's stem at full "
+      f"resolution is about half the trunk's time): {SPACE_TO_DEPTH_COST:g}x"
+      " the time per image, the same maps and default boxes"
+      if size % 2 == 0
+      else f"VGG16's stem: space_to_depth needs an even side, not {size}",
+    )
+  else:  # The zoo: planned at the VGG's (unmeasured) cost.
+    width, stem = RECIPE_WIDTH, "vgg"
   batch = int(config.batch_size)
-  cost = seconds_per_image(size, conv3_3, float(width))
+  cost = seconds_per_image(size, conv3_3, float(width), stem)
   epochs = TRAIN_SECONDS / stats.num_images / cost
   epochs = int(np.clip(round(epochs), MIN_EPOCHS, MAX_EPOCHS))
-  steps = pick(
-    "num_steps",
-    max(1, math.ceil(epochs * stats.num_images / batch)),
-    f"{epochs} epochs of {stats.num_images} images at batch {batch}: "
-    f"{TRAIN_SECONDS / 60:.1f} min at ~{cost * 1e3:.0f} ms per image "
-    f"({size} px" + (", conv3_3's map" if conv3_3 else "") + ", measured "
-    f"on 2 CPU cores), within {MIN_EPOCHS}..{MAX_EPOCHS} epochs",
-  )
-  pick("warmup_steps", max(1, steps // 20), "5% of the steps")
   schedule = pick(
     "lr_schedule",
     "piecewise",
     "the full rate for 75% of the run (a cosine decay measured 0.37 mAP "
     "where this gave 0.55, shapes10, 160 px)",
   )
-  if schedule == "cosine":
-    pick("lr_boundaries", (), "none with the cosine schedule")
-  else:
-    pick(
-      "lr_boundaries",
-      (int(0.75 * steps), int(0.92 * steps)),
-      "x0.1 at 75% and 92% of the steps",
-    )
-  pick("eval_every", max(1, math.ceil(steps / 2)), "halfway and at the end")
-  pick("checkpoint_every", max(1, steps // 5), "5 checkpoints per run")
+  steps = pick(
+    "num_steps",
+    max(1, math.ceil(epochs * stats.num_images / batch)),
+    f"{epochs} epochs of {stats.num_images} images at batch {batch}: "
+    f"{TRAIN_SECONDS / 60:.1f} min at ~{cost * 1e3:.0f} ms per image "
+    f"({size} px"
+    + (", conv3_3's map" if conv3_3 else "")
+    + (", space_to_depth stem" if stem == "space_to_depth" else "")
+    + ", measured "
+    f"on 2 CPU cores), within {MIN_EPOCHS}..{MAX_EPOCHS} epochs; "
+    "re-planned from the run's own speed (`replan`)",
+  )
+  for field, (value, reason) in _follow_steps(steps, schedule).items():
+    pick(field, value, reason)
   field = "data.augment_config"
   augment, reason = _augmentation(small, size, stats.class_names)
   if field in fixed:  # The augmentation fields set there win, field by field.
@@ -305,6 +337,88 @@ def choose(
     pick(field, value, reason)
   pick("eval.flip", *_flip_test(stats, config, size, conv3_3, augment))
   return choices
+
+
+def _follow_steps(steps: int, schedule: str) -> dict[str, tuple[Any, str]]:
+  """The choices that follow the number of steps: field -> (value, reason)."""
+  if schedule == "cosine":
+    boundaries = ((), "none with the cosine schedule")
+  else:
+    boundaries = (
+      (int(0.75 * steps), int(0.92 * steps)),
+      "x0.1 at 75% and 92% of the steps",
+    )
+  return {
+    "warmup_steps": (max(1, steps // 20), "5% of the steps"),
+    "lr_boundaries": boundaries,
+    "eval_every": (max(1, math.ceil(steps / 2)), "halfway and at the end"),
+    "checkpoint_every": (max(1, steps // 5), "5 checkpoints per run"),
+  }
+
+
+def replan(
+  choices: Sequence[Choice],
+  step: int,
+  elapsed: float,
+  seconds_per_step: float,
+  recompile_seconds: float,
+) -> list[Choice] | None:
+  """The steps that fit the run's time at its own measured speed.
+
+  The plan's steps come from a cost per image measured on one 2-core
+  machine (`seconds_per_image`); another machine, or the same one on a
+  busier day, runs faster or slower (this one ran the same training 1.45x
+  slower on one day than on the day the table was measured). After a few
+  steps the run knows its own speed: the steps become those that end the
+  run `RUN_SECONDS` after training started, counting a recompilation of
+  the step (the schedule is part of it) and `EVAL_SECONDS` for each of the
+  two evaluations, within a third and twice the plan; the warm-up, decays,
+  evaluations and checkpoints follow (`_follow_steps`).
+
+  Args:
+    choices: the run's choices (`choose`).
+    step: the steps done.
+    elapsed: seconds since training started (start-up, reading the data,
+      the first step's compilation and the steps done).
+    seconds_per_step: the measured seconds per step, compilation excluded.
+    recompile_seconds: what compiling the step again will cost (the first
+      step's time).
+
+  Returns:
+    The choices with num_steps and those following it re-planned (source
+    "recipe", the measurement in the reason), or None when `num_steps` was
+    set on the command line or the plan is within `REPLAN_TOLERANCE`.
+  """
+  by = {c.field: c for c in choices}
+  planned = by.get("num_steps")
+  if planned is None or planned.source != "recipe" or seconds_per_step <= 0:
+    return None
+  planned_steps = int(planned.value)
+  left = RUN_SECONDS - elapsed - recompile_seconds - 2 * EVAL_SECONDS
+  steps = step + max(0, int(left / seconds_per_step))
+  steps = int(
+    np.clip(
+      steps, max(step + 1, math.ceil(planned_steps / 3)), 2 * planned_steps
+    )
+  )
+  if abs(steps - planned_steps) <= REPLAN_TOLERANCE * planned_steps:
+    return None
+  reason = (
+    f"re-planned at step {step} from the run's own speed: "
+    f"{seconds_per_step * 1e3:.0f} ms per step, {elapsed:.0f} s gone, to end "
+    f"{RUN_SECONDS / 60:.1f} min after the start (the plan: {planned_steps}"
+    f" steps, {planned.reason})"
+  )
+  schedule = by["lr_schedule"].value if "lr_schedule" in by else "piecewise"
+  follow = _follow_steps(steps, schedule)
+  new = []
+  for c in choices:
+    if c.field == "num_steps":
+      c = Choice(c.field, steps, reason, "recipe")
+    elif c.field in follow and c.source == "recipe":
+      c = Choice(c.field, *follow[c.field], "recipe")
+    new.append(c)
+  return new
 
 
 def _flip_test(
@@ -427,20 +541,26 @@ def _coverage(
 
 
 def seconds_per_image(
-  size: int, conv3_3_map: bool = False, width: float = RECIPE_WIDTH
+  size: int,
+  conv3_3_map: bool = False,
+  width: float = RECIPE_WIDTH,
+  stem: str = "vgg",
 ) -> float:
   """Measured training seconds per image at an input side (`COST_SIDES`).
 
   Log-log interpolation between the measured sides, the end segments'
   slopes beyond them; `CONV3_3_COST` times less without conv3_3's map; in
   proportion to the width (1/4 took 1.25-1.3x `RECIPE_WIDTH`'s time,
-  about the ratio of the widths).
+  about the ratio of the widths); `SPACE_TO_DEPTH_COST` times that with
+  the space_to_depth stem.
   """
   x, y = np.log(COST_SIDES), np.log(COST_SECONDS)
   t = float(np.log(size))
   k = int(np.clip(np.searchsorted(x, t) - 1, 0, len(x) - 2))
   log_cost = y[k] + (t - x[k]) * (y[k + 1] - y[k]) / (x[k + 1] - x[k])
   scale = width / RECIPE_WIDTH / (1.0 if conv3_3_map else CONV3_3_COST)
+  if stem == "space_to_depth":
+    scale *= SPACE_TO_DEPTH_COST
   return float(np.exp(log_cost)) * scale
 
 

@@ -31,6 +31,7 @@ import json
 import math
 import os
 import signal
+import time
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -344,7 +345,8 @@ def adapt(
     fixed: dotted fields set on the command line.
 
   Returns:
-    The config the run uses.
+    (the config the run uses, its recipe's choices: [] without a recipe,
+    source "recipe" / "command line" when chosen now, "workdir" when read).
   """
   checkpoints = os.path.join(workdir, "checkpoints")
   has_run = os.path.isdir(checkpoints) and bool(os.listdir(checkpoints))
@@ -357,7 +359,64 @@ def adapt(
   )
   if choices:
     logging.info("%s", recipe.format_choices(choices))
-  return config
+  return config, choices
+
+
+class _Replan:
+  """Times a fresh quick-recipe run's first steps and re-plans its length.
+
+  `recipe.replan` turns the measured speed into the steps that fit the
+  run's time; the loop then rebuilds the step's settings (the schedule is
+  part of them). Only for a run that chose its steps now, starts at step
+  0, runs on one process (every process would have to agree on the steps)
+  and is planned at >= `10 * (recipe.REPLAN_WARMUP_STEPS +
+  recipe.REPLAN_STEPS)` steps (no checkpoint or evaluation falls among the
+  timed steps; shorter runs take a minute or two).
+
+  The loop calls `after_step(step)` once each step has been dispatched and
+  the previous one has finished (the loop fetches its metrics). The timed
+  steps start after `recipe.REPLAN_WARMUP_STEPS` (compilation, then the
+  input pipeline and allocator warming up: the steps right after the
+  compilation ran ~8% slower than the run's average on shapes10).
+  """
+
+  def __init__(self, choices: list, start: float):
+    self.choices = choices
+    self.start = start  # When training started (before reading the data).
+    self.loop_start = time.monotonic()
+    self.first_end = None  # When step 1 had finished.
+
+  @classmethod
+  def create(cls, choices, start_step: int, start: float) -> "_Replan | None":
+    planned = [
+      c for c in choices if c.field == "num_steps" and c.source == "recipe"
+    ]
+    if (
+      not planned
+      or int(planned[0].value)
+      < 10 * (recipe.REPLAN_WARMUP_STEPS + recipe.REPLAN_STEPS)
+      or start_step != 0
+      or jax.process_count() != 1
+    ):
+      return None
+    return cls(list(choices), start)
+
+  def after_step(self, step: int) -> list | None:
+    """The re-planned choices when due (once, after the timed steps)."""
+    now = time.monotonic()
+    warm = recipe.REPLAN_WARMUP_STEPS
+    if step == warm + 1:  # Steps 1..warm have finished.
+      self.first_end = now
+    if self.first_end is None or step != warm + 1 + recipe.REPLAN_STEPS:
+      return None
+    per_step = (now - self.first_end) / recipe.REPLAN_STEPS
+    # Step 1 compiled: what steps 1..warm took beyond steps is compilation.
+    compile_seconds = max(
+      0.0, self.first_end - self.loop_start - warm * per_step
+    )
+    return recipe.replan(
+      self.choices, step, now - self.start, per_step, compile_seconds
+    )
 
 
 def train_and_evaluate(
@@ -381,9 +440,10 @@ def train_and_evaluate(
     NonFiniteLossError: when a step's loss is NaN or infinite.
     ValueError: on bad config values.
   """
+  start = time.monotonic()
   config_lib.validate_config(config, jax.device_count(), jax.process_count())
   os.makedirs(workdir, exist_ok=True)
-  config = adapt(config, workdir, fixed)
+  config, choices = adapt(config, workdir, fixed)
   config_lib.validate_config(config, jax.device_count(), jax.process_count())
   config = fit_priors(config, workdir)
   model, names = build(config, workdir)
@@ -437,6 +497,7 @@ def train_and_evaluate(
   stop = _StopRequest()
   stop.install()
   progress = metrics_lib.Progress(config.num_steps, config.batch_size)
+  replan = _Replan.create(choices, start_step, start)
   last_map = None
   last_metrics = {}
   pending = None  # (step, device metrics) of the previous step.
@@ -453,6 +514,14 @@ def train_and_evaluate(
       if pending is not None:
         last_metrics = _finish_step(pending, writer, progress, config)
       pending = (step, parallel.get, p_metrics)
+      if replan is not None and (choices := replan.after_step(step)):
+        replan = None
+        if jax.process_index() == 0:
+          recipe.write(workdir, choices)
+        logging.info("%s", recipe.format_choices(choices))
+        config = recipe.apply(config, choices)
+        settings = step_lib.step_settings(model, config)
+        progress.num_steps = config.num_steps
       stopping = stop.requested(step)
       is_last = step == config.num_steps
       do_eval = config.eval_every and (step % config.eval_every == 0)
@@ -506,6 +575,25 @@ def _finish_step(pending, writer, progress, config):
   return metrics
 
 
+def trained_config(
+  config: ml_collections.ConfigDict, workdir: str
+) -> ml_collections.ConfigDict:
+  """The config a trained run used: its recipe's choices applied.
+
+  Eval, predict and export start from the config file, not the run's
+  choices: without them they would, for example, drop the test-time
+  mirror (`eval.flip`) the recipe chose for the run's own evaluations.
+
+  Args:
+    config: the config given on the command line.
+    workdir: the training workdir (`<workdir>/recipe.json`, if any).
+
+  Returns:
+    The config with the stored choices applied (as it is without them).
+  """
+  return recipe.resolve(config, workdir, choose_new=False)[0]
+
+
 def restore_params(
   config: ml_collections.ConfigDict, workdir: str, step: int | None = None
 ) -> tuple[Any, Any, list[str], int]:
@@ -527,7 +615,7 @@ def restore_params(
     checkpoint.UnreadableCheckpointError: when the asked step, or every
       step, cannot be read.
   """
-  config, _ = recipe.resolve(config, workdir, choose_new=False)
+  config = trained_config(config, workdir)
   model, names = build(config, workdir)
   checkpointer = ckpt_lib.Checkpointer(
     os.path.join(workdir, "checkpoints"), keep=0, read_only=True

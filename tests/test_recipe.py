@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from ssd_jax import box_stats, recipe
+from ssd_jax import box_stats, models, recipe
 from ssd_jax import config as config_lib
 from ssd_jax import default_boxes as db
 
@@ -40,7 +40,9 @@ def _by_field(choices):
   return {c.field: c for c in choices}
 
 
-def _size_rule(stats, stride4=True, width=recipe.RECIPE_WIDTH):
+def _size_rule(
+  stats, stride4=True, width=recipe.RECIPE_WIDTH, stem="space_to_depth"
+):
   """The rule by hand: the largest side with TARGET_EPOCHS, >= the floor."""
   w, h = (stats.boxes[:, 2:] - stats.boxes[:, :2]).T
   small = np.quantile(np.sqrt(w * h), 0.1)
@@ -52,7 +54,7 @@ def _size_rule(stats, stride4=True, width=recipe.RECIPE_WIDTH):
     for side in range(floor, cap + 1, 32)
     if recipe.TRAIN_SECONDS
     / stats.num_images
-    / recipe.seconds_per_image(side, stride4, width)
+    / recipe.seconds_per_image(side, stride4, width, stem)
     >= recipe.TARGET_EPOCHS
   ]
   return max(ok, default=floor), floor
@@ -72,10 +74,10 @@ def test_image_size_trains_enough_epochs_above_the_small_objects():
     assert choice.value % 32 == 0
     assert recipe.MIN_SIZE <= choice.value <= recipe.MAX_SIZE
   # Fewer images, more pixels: 50 images take 256 px (the largest), 400
-  # take 128 (52 epochs; 160 would give 35), 1600 the floor (23 epochs).
+  # take 128 (66 epochs; 160 would give 43), 1600 the floor (29 epochs).
   assert (got[50], got[400], got[1600]) == (256, 128, 96)
   assert (
-    "even 96 px trains only 23 epochs"
+    "even 96 px trains only 29 epochs"
     in _by_field(recipe.choose(_stats(boxes, (480, 640), 1600), config))[
       "model.image_size"
     ].reason
@@ -240,13 +242,17 @@ def test_backbone_choices_for_the_vgg_model_only():
   assert vgg["model.priors"].value == "fitted"
   assert vgg["model.batch_norm"].value is True
   assert vgg["model.width"].value == recipe.RECIPE_WIDTH
+  assert vgg["model.stem"].value == "space_to_depth"
   config = _config()
   config.model.backbone = "mobilenet_v3_large"  # brings its own boxes, BN
   lite = _by_field(recipe.choose(stats, config))
   for field in ("model.priors", "model.batch_norm", "model.width"):
     assert field not in lite
+  assert "model.stem" not in lite
   resolved = recipe.apply(config, list(lite.values()))
   assert resolved.model.priors == "default" and not resolved.model.batch_norm
+  assert resolved.model.stem == "vgg"
+  models.from_config(resolved.model, 3)  # the zoo takes the config as it is
   kept = _by_field(recipe.choose(stats, _config(), fixed={"model.batch_norm"}))
   assert kept["model.batch_norm"].value is False  # the config's, as set
   assert kept["model.batch_norm"].source == "command line"
@@ -268,7 +274,7 @@ def test_a_width_set_on_the_command_line_is_kept_and_costed():
   )
   epochs = []
   for by, width in ((own, recipe.RECIPE_WIDTH), (kept, 0.375)):
-    cost = recipe.seconds_per_image(size, conv3_3, width)
+    cost = recipe.seconds_per_image(size, conv3_3, width, "space_to_depth")
     epochs.append(int(round(recipe.TRAIN_SECONDS / 2000 / cost)))
     assert f"{epochs[-1]} epochs of 2000 images" in by["num_steps"].reason
   assert epochs[1] < epochs[0]
@@ -387,6 +393,31 @@ def test_seconds_per_image_is_the_measured_table_between_and_beyond():
   assert recipe.seconds_per_image(160) == pytest.approx(
     recipe.COST_SECONDS[2] / recipe.CONV3_3_COST
   )
+  assert recipe.seconds_per_image(160, True, stem="space_to_depth") == (
+    pytest.approx(recipe.COST_SECONDS[2] * recipe.SPACE_TO_DEPTH_COST)
+  )
+
+
+def test_the_stem_is_space_to_depth_unless_set_or_the_side_is_odd():
+  stats = _stats(np.full(100, 0.2), num_images=400)
+  own = _by_field(recipe.choose(stats, _config()))
+  assert own["model.stem"].value == "space_to_depth"
+  assert "space_to_depth stem" in own["num_steps"].reason
+  config = _config()
+  config.model.stem = "vgg"
+  kept = _by_field(recipe.choose(stats, config, fixed={"model.stem"}))
+  assert kept["model.stem"].value == "vgg"
+  assert kept["model.stem"].source == "command line"
+  assert "space_to_depth" not in kept["num_steps"].reason
+  # VGG16's stem is dearer: the size rule and the epochs see it.
+  want, _ = _size_rule(stats, stem="vgg")
+  assert kept["model.image_size"].value == want
+  assert kept["num_steps"].value < own["num_steps"].value
+  config = _config()
+  config.model.image_size = 129
+  odd = _by_field(recipe.choose(stats, config, fixed={"model.image_size"}))
+  assert odd["model.stem"].value == "vgg"
+  assert "even side" in odd["model.stem"].reason
 
 
 def test_epochs_fill_the_training_time_at_the_measured_cost():
@@ -397,7 +428,9 @@ def test_epochs_fill_the_training_time_at_the_measured_cost():
     stats = _stats(rng.uniform(0.02, 0.3, 300), num_images=n)
     by = _by_field(recipe.choose(stats, config))
     cost = recipe.seconds_per_image(
-      by["model.image_size"].value, by["model.conv3_3_map"].value
+      by["model.image_size"].value,
+      by["model.conv3_3_map"].value,
+      stem="space_to_depth",
     )
     epochs = int(round(recipe.TRAIN_SECONDS / n / cost))
     assert recipe.MIN_EPOCHS < epochs < recipe.MAX_EPOCHS
@@ -438,3 +471,57 @@ def test_padding_follows_the_most_boxes_per_image_and_eval_keeps_its_own():
   resolved = recipe.apply(fresh, recipe.choose(stats, fresh))
   assert resolved.data.max_boxes == recipe.PAD_MULTIPLE
   assert resolved.data.eval_max_boxes == 64
+
+
+def test_replan_fits_the_steps_to_the_measured_speed():
+  stats = _stats(np.full(100, 0.2), num_images=400)
+  choices = recipe.choose(stats, _config())
+  planned = _by_field(choices)["num_steps"].value
+  assert (
+    "re-planned from the run's own speed"
+    in _by_field(choices)["num_steps"].reason
+  )
+  # Hand-worked: 100 s gone, 0.5 s per step, 20 s to recompile: the time
+  # left is RUN_SECONDS - 100 - 20 - 2 * EVAL_SECONDS.
+  left = recipe.RUN_SECONDS - 100 - 20 - 2 * recipe.EVAL_SECONDS
+  want = 32 + int(left / 0.5)
+  assert planned / 3 < want < planned  # a slower machine than the table's
+  new = _by_field(recipe.replan(choices, 32, 100.0, 0.5, 20.0))
+  assert new["num_steps"].value == want
+  assert new["num_steps"].source == "recipe"
+  assert "re-planned at step 32" in new["num_steps"].reason
+  assert "500 ms per step" in new["num_steps"].reason
+  assert new["warmup_steps"].value == want // 20
+  assert new["lr_boundaries"].value == (int(0.75 * want), int(0.92 * want))
+  assert new["eval_every"].value == -(-want // 2)
+  assert new["checkpoint_every"].value == want // 5
+  # Everything else is as chosen, in the same order.
+  old = _by_field(choices)
+  assert list(new) == list(old)
+  follow = {"num_steps", "warmup_steps", "lr_boundaries", "eval_every"}
+  for field in set(old) - follow - {"checkpoint_every"}:
+    assert new[field] == old[field], field
+  # Within REPLAN_TOLERANCE of the plan: kept. Far off: a third to twice.
+  exact = (recipe.RUN_SECONDS - 120 - 2 * recipe.EVAL_SECONDS) / planned
+  assert recipe.replan(choices, 0, 100.0, exact, 20.0) is None
+  slow = _by_field(recipe.replan(choices, 32, 100.0, 50.0, 20.0))
+  assert slow["num_steps"].value == -(-planned // 3)
+  fast = _by_field(recipe.replan(choices, 32, 10.0, 0.001, 0.0))
+  assert fast["num_steps"].value == 2 * planned
+  # Out of time halfway: one more step, never fewer than are done.
+  late = _by_field(recipe.replan(choices, planned // 2, 1e4, 0.5, 20.0))
+  assert late["num_steps"].value == planned // 2 + 1
+
+
+def test_replan_keeps_what_the_command_line_set():
+  stats = _stats(np.full(100, 0.2), num_images=400)
+  config = _config()
+  config.num_steps = 500
+  fixed_steps = recipe.choose(stats, config, {"num_steps"})
+  assert recipe.replan(fixed_steps, 32, 100.0, 0.5, 20.0) is None
+  config.warmup_steps, config.eval_every = 7, 0
+  fixed = recipe.choose(stats, config, {"warmup_steps", "eval_every"})
+  new = _by_field(recipe.replan(fixed, 32, 100.0, 0.5, 20.0))
+  assert new["warmup_steps"].value == 7 and new["eval_every"].value == 0
+  assert new["warmup_steps"].source == "command line"
+  assert new["checkpoint_every"].value == new["num_steps"].value // 5

@@ -16,9 +16,9 @@ import pytest
 from conftest import REPO, load_config
 from PIL import Image
 
+from ssd_jax import box_stats, metrics_writer, models, optim, train
 from ssd_jax import checkpoint as ckpt_lib
 from ssd_jax import default_boxes as db
-from ssd_jax import metrics_writer, models, optim, train
 from ssd_jax import step as step_lib
 
 DATA = os.path.join(REPO, "tests", "data")
@@ -393,9 +393,13 @@ def test_stop_request_agrees_every_few_steps_across_processes(monkeypatch):
   assert train._StopRequest().every == train.STOP_AGREEMENT_EVERY
 
 
+def _by_field(choices):
+  return {c.field: c for c in choices}
+
+
 @pytest.mark.slow
-def test_quick_recipe_chooses_once_and_eval_rebuilds_the_trained_model(
-  tmp_path,
+def test_quick_recipe_chooses_once_replans_and_eval_rebuilds_the_model(
+  tmp_path, monkeypatch
 ):
   import minidata
 
@@ -417,16 +421,27 @@ def test_quick_recipe_chooses_once_and_eval_rebuilds_the_trained_model(
     return config
 
   config = config_for_folder()
-  config.num_steps = 2  # As --config.num_steps=2 would: kept.
-  config.eval_every = 0
+  config.eval_every = 0  # As --config.eval_every=0 would: kept.
   config.model.image_size = 64  # Kept too (small: a fast test).
+  fixed = {"eval_every", "model.image_size"}
+  # The steps are the recipe's: re-planned after 1 + 2 timed steps, for a
+  # run with no time left, to the floor of a third of the plan.
+  monkeypatch.setattr(recipe, "REPLAN_WARMUP_STEPS", 1)
+  monkeypatch.setattr(recipe, "REPLAN_STEPS", 2)
+  monkeypatch.setattr(recipe, "RUN_SECONDS", 0.0)
+  stats = box_stats.dataset_stats(config.data, "train")
+  planned = _by_field(recipe.choose(stats, config, fixed))["num_steps"].value
+  want = -(-planned // 3)
+  assert planned >= 30 and want > 4
   workdir = str(tmp_path / "run")
-  summary = train.train_and_evaluate(
-    config, workdir, fixed={"num_steps", "eval_every", "model.image_size"}
-  )
-  assert summary["step"] == 2
+  summary = train.train_and_evaluate(config, workdir, fixed=fixed)
+  assert summary["step"] == want
   choices = {c.field: c for c in recipe.read(workdir)}
-  assert choices["num_steps"].value == 2
+  assert choices["num_steps"].value == want
+  assert "re-planned at step 4" in choices["num_steps"].reason
+  assert choices["warmup_steps"].value == max(1, want // 20)
+  assert choices["lr_boundaries"].value == (int(0.75 * want), int(0.92 * want))
+  assert choices["checkpoint_every"].value == want // 5
   assert choices["eval_every"].value == 0
   assert choices["model.priors"].value == "fitted"
   assert choices["model.batch_norm"].value is True
@@ -435,12 +450,12 @@ def test_quick_recipe_chooses_once_and_eval_rebuilds_the_trained_model(
   with open(os.path.join(workdir, recipe.RECIPE_FILE)) as f:
     sources = {c["field"]: c["source"] for c in json.load(f)["choices"]}
   assert sources["model.image_size"] == "command line"
-  assert sources["data.augment_config"] == "recipe"
+  assert sources["data.augment_config"] == sources["num_steps"] == "recipe"
   assert os.path.exists(os.path.join(workdir, train.DEFAULT_BOXES_FILE))
   # Eval / predict / export: the file config (96 px) is rebuilt at the size
   # and with the boxes the run trained with.
   model, variables, _, step = train.restore_params(config_for_folder(), workdir)
-  assert step == 2 and model.image_size == size and model.batch_norm
+  assert step == want and model.image_size == size and model.batch_norm
   # The BatchNorm VGG's running statistics were trained and restored.
   stats = variables["batch_stats"]["vgg"]["conv1_1_bn"]
   assert float(np.abs(np.asarray(stats["mean"])).max()) > 0
@@ -448,3 +463,13 @@ def test_quick_recipe_chooses_once_and_eval_rebuilds_the_trained_model(
   np.testing.assert_allclose(
     model.resolved_prior_config().min_sizes, fitted.min_sizes
   )
+  # Eval, predict and export take the run's choices (the test-time mirror
+  # among them), and --mode=eval scores the run's last evaluation again.
+  trained = train.trained_config(config_for_folder(), workdir)
+  assert trained.eval.flip == choices["eval.flip"].value
+  assert trained.num_steps == want and trained.model.stem == "space_to_depth"
+  from ssd_jax import main
+
+  result = main.run(config_for_folder(), workdir, mode="eval")
+  assert result.step == want
+  assert result.mAP == pytest.approx(summary["mAP"], abs=1e-6)
