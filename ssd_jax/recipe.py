@@ -367,7 +367,7 @@ def replan(
 
   The plan's steps come from a cost per image measured on one 2-core
   machine (`seconds_per_image`); another machine, or the same one on a
-  busier day, runs faster or slower (this one ran the same training 1.45x
+  busier day, runs faster or slower (this one ran the same training 1.5-1.8x
   slower on one day than on the day the table was measured). After a few
   steps the run knows its own speed: the steps become those that end the
   run `RUN_SECONDS` after training started, counting a recompilation of
