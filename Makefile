@@ -16,7 +16,7 @@ $(STAMP): requirements.txt pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist worksteal --durations=15
 
 demo: $(STAMP)
 	$(PY) -m ssd_jax.demo
