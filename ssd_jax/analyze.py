@@ -46,7 +46,7 @@ import ml_collections
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ssd_jax import box_stats, recipe, visualize
+from ssd_jax import box_stats, budget, recipe, runtime, visualize
 from ssd_jax import config as config_lib
 from ssd_jax import default_boxes as db
 from ssd_jax.box_stats import SIZE_BUCKETS, SPLITS
@@ -390,7 +390,7 @@ def _with_recipe(
   fixed = set(config_flags.get_override_values(flags.FLAGS["config"]))
   config_lib.validate_config(config, num_devices=1)
   stats = box_stats.dataset_stats(config.data, "train")
-  choices = recipe.choose(stats, config, fixed)
+  choices = recipe.choose(stats, config, fixed, budget.machine_speed())
   print(recipe.format_choices(choices))
   return recipe.apply(config, choices)
 
@@ -405,6 +405,8 @@ def main(argv: Sequence[str]) -> int:
     print(f"error: unexpected arguments {list(argv[1:])}", file=sys.stderr)
     return 2
   FLAGS = flags.FLAGS
+  # The recipe's speed probe runs under the flags training runs under.
+  runtime.apply_xla_cpu_flags()
   try:
     config = _with_recipe(FLAGS.config)
     result = run(config, FLAGS.workdir, FLAGS.split)

@@ -7,7 +7,8 @@ nobody tuned it for most depends on, and to log each choice with its reason
 at start-up:
 
 - `model.image_size`: the largest multiple of 32 that still trains
-  `TARGET_EPOCHS` epochs in the time (`seconds_per_image`), but at least
+  `TARGET_EPOCHS` epochs in the time (`budget.seconds_per_image` at this
+  machine's speed, `budget.machine_speed`), but at least
   the side where the small objects (the 10th percentile of the boxes'
   sqrt(w h)) span `MIN_OBJECT_PIXELS` pixels (`MIN_OBJECT_PIXELS_STRIDE4`
   for a VGG model, which can take conv3_3's stride-4 map), within
@@ -15,10 +16,11 @@ at start-up:
   px image is not upsampled to 256);
 - `num_steps`: `epochs` passes over the training split, where `epochs`
   falls with the dataset's size, the input size and conv3_3's map (as
-  many as fit in `TRAIN_SECONDS` at the cost per image measured on 2 CPU
-  cores, `seconds_per_image`), with a linear warm-up and x0.1 decays
-  at 75% and 92% of the steps, and checkpoints and evaluations spread over
-  the run;
+  many as fit in `budget.TRAIN_SECONDS` at the cost per image measured on 2
+  CPU cores, scaled by this machine's speed), with a linear warm-up and
+  x0.1 decays at 75% and 92% of the steps, and checkpoints and evaluations
+  spread over the run; after its first steps the run re-plans them from
+  its own speed (`replan`);
 - `data.augment_config`: the paper's photometric distortions and mirror,
   with zoom-out only as far as the small objects stay `MIN_ZOOMED_PIXELS`
   wide, and mild random patches instead of the IoU crops (on a 10-minute
@@ -41,7 +43,8 @@ at start-up:
   faster); `model.width = RECIPE_WIDTH` (3/16 of VGG16's channels:
   as much learnt per step as 1/4, in less time); and `model.stem =
   "space_to_depth"` (conv1 at half resolution on 2x2 pixel blocks: the
-  same maps at `SPACE_TO_DEPTH_COST` of the time, so more epochs fit).
+  same maps at `budget.SPACE_TO_DEPTH_COST` of the time, so more epochs
+  fit).
 
 A field set on the command line (`--config.model.image_size=128`) is the
 user's choice and is kept; the recipe logs it as such. The augmentation is
@@ -61,7 +64,7 @@ from typing import Any, NamedTuple
 import ml_collections
 import numpy as np
 
-from ssd_jax import box_stats, models
+from ssd_jax import box_stats, budget, models
 from ssd_jax import default_boxes as db
 from ssd_jax.data import augment as augment_lib
 from ssd_jax.data import dataset
@@ -72,11 +75,12 @@ RECIPE_FILE = "recipe.json"
 MIN_SIZE = 96
 MAX_SIZE = 256
 # The input side is the largest that still trains TARGET_EPOCHS epochs in
-# TRAIN_SECONDS, and never one where the small objects (10th percentile of
-# sqrt(w h)) span fewer than MIN_OBJECT_PIXELS input pixels (conv4_3's
-# stride 8 is the zoo models' finest grid: smaller boxes are rarely within
-# the matching IoU of a default box), MIN_OBJECT_PIXELS_STRIDE4 for a VGG
-# model, which can take conv3_3's stride-4 map. Whole 10-minute runs: epochs
+# budget.TRAIN_SECONDS at this machine's speed, and never one where the
+# small objects (10th percentile of sqrt(w h)) span fewer than
+# MIN_OBJECT_PIXELS input pixels (conv4_3's stride 8 is the zoo models'
+# finest grid: smaller boxes are rarely within the matching IoU of a default
+# box), MIN_OBJECT_PIXELS_STRIDE4 for a VGG model, which can take conv3_3's
+# stride-4 map. Whole 10-minute runs: epochs
 # pay up to about 50 and pixels after that (shapes10 0.744 at 128 px / 52
 # epochs against 0.725 at 96 / 92; small_crowded 0.799 at 128 / 52, its
 # small objects 5.4 px, against 0.778 at 160 / 38 and, at width 1/4, 0.44
@@ -84,41 +88,13 @@ MAX_SIZE = 256
 TARGET_EPOCHS = 50
 MIN_OBJECT_PIXELS = 12.0
 MIN_OBJECT_PIXELS_STRIDE4 = 5.0
-# The quick run's training time: epochs are as many as fit in it at the
-# measured cost per image below (8.5 minutes; with start-up and the two
-# evaluations the held-out runs took 8.6-9.8 of the 10-minute target, the
-# machine's speed moving by about 10% between runs).
-TRAIN_SECONDS = 510.0
-# `replan`: timing REPLAN_STEPS steps after the first REPLAN_WARMUP_STEPS
-# (compilation and warm-up), the run sets its steps from its own speed to
-# end RUN_SECONDS after training started (the held-out runs' 10 minutes
-# less a margin for the machine's speed changing during the run, ~10%),
-# reserving EVAL_SECONDS for each of the two evaluations (compiling the
-# forward, AP; shapes10's 120 test images with the mirror took ~7 s); a
-# change within REPLAN_TOLERANCE of the plan is not worth the step's
-# recompilation.
-REPLAN_WARMUP_STEPS = 10
-REPLAN_STEPS = 30
-RUN_SECONDS = 540.0
-EVAL_SECONDS = 12.0
-REPLAN_TOLERANCE = 0.03
 # The VGG models' width (channel multiplier) for the quick run: 3/16 of
 # VGG16's channels trains at 1.25-1.3x the images per second of
 # `:small`'s 1/4 and learns as much per step, so more epochs fit
 # (small_crowded at 160 px: mAP 0.77 after 38 epochs against 0.69 after
-# 27 at 1/4; shapes10 at 96 px: 0.72 after 90 against 0.73 after 71).
-RECIPE_WIDTH = 0.1875
-# Seconds per training image at these input sides: the BatchNorm VGG at
-# `RECIPE_WIDTH` with conv3_3's map (`cpu_ops.BatchNorm`), batch 16, on the
-# 2-core CPU of the held-out table. The width-1/4 model's whole runs of
-# `experiments/own_data/run_recipe.py` (less 30 s of start-up, their two
-# evaluations and checkpoints included) took 18.0, 31.5, 47.9 and 71.2 ms;
-# this model's took 0.79x, 0.83x and 0.685x of those at 96, 128 and 160 px
-# (shapes10, shapes10, small_crowded), and the table is the old one times
-# their mean, 0.77. Time grows about as the area; sizes between are
-# interpolated and larger ones extrapolated on a log-log scale.
-COST_SIDES = (96, 128, 160, 192)
-COST_SECONDS = (0.0139, 0.0243, 0.0369, 0.0548)
+# 27 at 1/4; shapes10 at 96 px: 0.72 after 90 against 0.73 after 71); the
+# width `budget`'s cost table was measured at.
+RECIPE_WIDTH = budget.COST_WIDTH
 MIN_EPOCHS, MAX_EPOCHS = 8, 100
 # Zoom-out keeps the small objects at least this many pixels wide.
 MIN_ZOOMED_PIXELS = 16.0
@@ -129,17 +105,6 @@ CROP_ASPECT = (0.8, 1.25)
 # conv3_3 joins the source maps when it raises the fitted boxes' coverage
 # (boxes whose best default box reaches the matching IoU) by this much.
 CONV3_3_MIN_GAIN = 0.03
-# ... and makes each image this much dearer (its heads at stride 4, 4x the
-# default boxes to match and rank): whole runs at 96 px, 18.0 ms per image
-# with it (grey_similar, textures) against 16.0 without (large_few).
-CONV3_3_COST = 1.13
-# ... and model.stem="space_to_depth" makes it this much cheaper than VGG16's
-# stem (conv1_1 and conv1_2 at full resolution with 12 channels are about
-# half the trunk's time on XLA CPU): the model's forward and gradient at
-# batch 16, interleaved in one process, took 0.72-0.75x the time at 96-160
-# px, and they are ~80% of a training step (matching, the loss and the
-# input are not cheaper).
-SPACE_TO_DEPTH_COST = 0.80
 # data.max_boxes: the training split's most boxes per image, rounded up to
 # a multiple of this.
 PAD_MULTIPLE = 8
@@ -170,6 +135,7 @@ def choose(
   stats: box_stats.DatasetStats,
   config: ml_collections.ConfigDict,
   fixed: Collection[str] = (),
+  speed: budget.Speed | None = None,
 ) -> list[Choice]:
   """The quick recipe's choices for a training split.
 
@@ -183,6 +149,8 @@ def choose(
       one box.
     config: the config being adapted (its `batch_size` and fixed fields).
     fixed: dotted fields set on the command line.
+    speed: this machine's speed (`budget.machine_speed`); None: the cost
+      table's machine (`budget.Speed()`).
 
   Returns:
     Choices for model.image_size, model.priors, model.conv3_3_map,
@@ -201,6 +169,7 @@ def choose(
       "config.recipe='quick' adapts to the training boxes, but the training "
       "split has none; set config.recipe='none'"
     )
+  speed = speed or budget.Speed()
   choices = []
   conv3_3 = False
 
@@ -227,15 +196,17 @@ def choose(
     if vgg and "model.width" in fixed
     else RECIPE_WIDTH
   )
-  plan_stem = (
-    config.model.get("stem", "vgg")
-    if "model.stem" in fixed or not vgg
-    else "space_to_depth"
-  )
+
+  def stem_at(side: int) -> str:
+    if "model.stem" in fixed or not vgg:
+      return config.model.get("stem", "vgg")
+    return _stem(side)[0]
 
   def epochs_at(side: int) -> float:
-    cost = seconds_per_image(side, stride4, plan_width, plan_stem)
-    return TRAIN_SECONDS / stats.num_images / cost
+    cost = budget.seconds_per_image(
+      side, stride4, plan_width, stem_at(side), speed.factor
+    )
+    return budget.TRAIN_SECONDS / stats.num_images / cost
 
   enough = [
     s for s in range(floor, cap + 1, 32) if epochs_at(s) >= TARGET_EPOCHS
@@ -244,11 +215,11 @@ def choose(
     "model.image_size",
     max(enough, default=floor),
     f"the largest side that trains >= {TARGET_EPOCHS} epochs in "
-    f"{TRAIN_SECONDS / 60:.1f} min (at the measured cost"
+    f"{budget.TRAIN_SECONDS / 60:.1f} min (at the measured cost"
     + (", counting conv3_3's map" if stride4 else "")
-    + f"), at least {floor}, where the small objects (10th percentile of "
-    f"sqrt(wh): {small:.3f} of the image) span >= {min_pixels:g} px, and at "
-    f"most {cap} (the images' ~{image_side:.0f} px)"
+    + f", {speed.describe()}), at least {floor}, where the small objects "
+    f"(10th percentile of sqrt(wh): {small:.3f} of the image) span >= "
+    f"{min_pixels:g} px, and at most {cap} (the images' ~{image_side:.0f} px)"
     + (
       ""
       if enough
@@ -287,20 +258,14 @@ def choose(
       f"{RECIPE_WIDTH:g} of VGG16's channels: 1.25-1.3x the images per "
       "second of 1/4 and as much learnt per step, so more epochs fit",
     )
-    stem = pick(
-      "model.stem",
-      "space_to_depth" if size % 2 == 0 else "vgg",
-      "conv1 at half resolution on 2x2 pixel blocks (VGG16's stem at full "
-      f"resolution is about half the trunk's time): {SPACE_TO_DEPTH_COST:g}x"
-      " the time per image, the same maps and default boxes"
-      if size % 2 == 0
-      else f"VGG16's stem: space_to_depth needs an even side, not {size}",
-    )
+    stem = pick("model.stem", *_stem(size))
   else:  # The zoo: planned at the VGG's (unmeasured) cost.
     width, stem = RECIPE_WIDTH, "vgg"
   batch = int(config.batch_size)
-  cost = seconds_per_image(size, conv3_3, float(width), stem)
-  epochs = TRAIN_SECONDS / stats.num_images / cost
+  cost = budget.seconds_per_image(
+    size, conv3_3, float(width), stem, speed.factor
+  )
+  epochs = budget.TRAIN_SECONDS / stats.num_images / cost
   epochs = int(np.clip(round(epochs), MIN_EPOCHS, MAX_EPOCHS))
   schedule = pick(
     "lr_schedule",
@@ -312,15 +277,14 @@ def choose(
     "num_steps",
     max(1, math.ceil(epochs * stats.num_images / batch)),
     f"{epochs} epochs of {stats.num_images} images at batch {batch}: "
-    f"{TRAIN_SECONDS / 60:.1f} min at ~{cost * 1e3:.0f} ms per image "
+    f"{budget.TRAIN_SECONDS / 60:.1f} min at ~{cost * 1e3:.0f} ms per image "
     f"({size} px"
     + (", conv3_3's map" if conv3_3 else "")
     + (", space_to_depth stem" if stem == "space_to_depth" else "")
-    + ", measured "
-    f"on 2 CPU cores), within {MIN_EPOCHS}..{MAX_EPOCHS} epochs; "
-    "re-planned from the run's own speed (`replan`)",
+    + f", measured on 2 CPU cores, x{speed.factor:.2f} for this machine), "
+    f"within {MIN_EPOCHS}..{MAX_EPOCHS} epochs",
   )
-  for field, (value, reason) in _follow_steps(steps, schedule).items():
+  for field, (value, reason) in budget.follow_steps(steps, schedule).items():
     pick(field, value, reason)
   field = "data.augment_config"
   augment, reason = _augmentation(small, size, stats.class_names)
@@ -339,21 +303,17 @@ def choose(
   return choices
 
 
-def _follow_steps(steps: int, schedule: str) -> dict[str, tuple[Any, str]]:
-  """The choices that follow the number of steps: field -> (value, reason)."""
-  if schedule == "cosine":
-    boundaries = ((), "none with the cosine schedule")
-  else:
-    boundaries = (
-      (int(0.75 * steps), int(0.92 * steps)),
-      "x0.1 at 75% and 92% of the steps",
-    )
-  return {
-    "warmup_steps": (max(1, steps // 20), "5% of the steps"),
-    "lr_boundaries": boundaries,
-    "eval_every": (max(1, math.ceil(steps / 2)), "halfway and at the end"),
-    "checkpoint_every": (max(1, steps // 5), "5 checkpoints per run"),
-  }
+def _stem(size: int) -> tuple[str, str]:
+  """(model.stem, reason) for a VGG model at an input side: space_to_depth
+  where the side is even."""
+  if size % 2:
+    return "vgg", f"VGG16's stem: space_to_depth needs an even side, not {size}"
+  return "space_to_depth", (
+    "conv1 at half resolution on 2x2 pixel blocks (VGG16's stem at full "
+    "resolution is about half the trunk's time): "
+    f"{budget.SPACE_TO_DEPTH_COST:g}x the time per image, the same maps and "
+    "default boxes"
+  )
 
 
 def replan(
@@ -363,17 +323,14 @@ def replan(
   seconds_per_step: float,
   recompile_seconds: float,
 ) -> list[Choice] | None:
-  """The steps that fit the run's time at its own measured speed.
+  """The choices re-planned to the steps that fit at the run's own speed.
 
   The plan's steps come from a cost per image measured on one 2-core
-  machine (`seconds_per_image`); another machine, or the same one on a
-  busier day, runs faster or slower (this one ran the same training 1.5-1.8x
-  slower on one day than on the day the table was measured). After a few
-  steps the run knows its own speed: the steps become those that end the
-  run `RUN_SECONDS` after training started, counting a recompilation of
-  the step (the schedule is part of it) and `EVAL_SECONDS` for each of the
-  two evaluations, within a third and twice the plan; the warm-up, decays,
-  evaluations and checkpoints follow (`_follow_steps`).
+  machine, scaled by a short probe of this machine's speed
+  (`budget.machine_speed`); the run's own steps are the better measure.
+  After a few of them the number of steps becomes `budget.replan_steps`
+  (the run ends `budget.RUN_SECONDS` after it started) and the warm-up,
+  decays, evaluations and checkpoints follow (`budget.follow_steps`).
 
   Args:
     choices: the run's choices (`choose`).
@@ -382,35 +339,32 @@ def replan(
       the first step's compilation and the steps done).
     seconds_per_step: the measured seconds per step, compilation excluded.
     recompile_seconds: what compiling the step again will cost (the first
-      step's time).
+      steps' time beyond the measured speed).
 
   Returns:
     The choices with num_steps and those following it re-planned (source
-    "recipe", the measurement in the reason), or None when `num_steps` was
-    set on the command line or the plan is within `REPLAN_TOLERANCE`.
+    "recipe", the measurement and the plan's steps in the reason), or None
+    when `num_steps` was set on the command line or the plan is within
+    `budget.REPLAN_TOLERANCE`.
   """
   by = {c.field: c for c in choices}
   planned = by.get("num_steps")
-  if planned is None or planned.source != "recipe" or seconds_per_step <= 0:
+  if planned is None or planned.source != "recipe":
     return None
   planned_steps = int(planned.value)
-  left = RUN_SECONDS - elapsed - recompile_seconds - 2 * EVAL_SECONDS
-  steps = step + max(0, int(left / seconds_per_step))
-  steps = int(
-    np.clip(
-      steps, max(step + 1, math.ceil(planned_steps / 3)), 2 * planned_steps
-    )
+  steps = budget.replan_steps(
+    planned_steps, step, elapsed, seconds_per_step, recompile_seconds
   )
-  if abs(steps - planned_steps) <= REPLAN_TOLERANCE * planned_steps:
+  if steps is None:
     return None
   reason = (
     f"re-planned at step {step} from the run's own speed: "
     f"{seconds_per_step * 1e3:.0f} ms per step, {elapsed:.0f} s gone, to end "
-    f"{RUN_SECONDS / 60:.1f} min after the start (the plan: {planned_steps}"
-    f" steps, {planned.reason})"
+    f"{budget.RUN_SECONDS / 60:.1f} min after the start; planned "
+    f"{planned_steps}: {planned.reason}"
   )
   schedule = by["lr_schedule"].value if "lr_schedule" in by else "piecewise"
-  follow = _follow_steps(steps, schedule)
+  follow = budget.follow_steps(steps, schedule)
   new = []
   for c in choices:
     if c.field == "num_steps":
@@ -538,30 +492,6 @@ def _coverage(
   return box_stats.prior_coverage(
     stats.boxes, db.prior_boxes(prior_config), float(config.iou_threshold)
   ).coverage
-
-
-def seconds_per_image(
-  size: int,
-  conv3_3_map: bool = False,
-  width: float = RECIPE_WIDTH,
-  stem: str = "vgg",
-) -> float:
-  """Measured training seconds per image at an input side (`COST_SIDES`).
-
-  Log-log interpolation between the measured sides, the end segments'
-  slopes beyond them; `CONV3_3_COST` times less without conv3_3's map; in
-  proportion to the width (1/4 took 1.25-1.3x `RECIPE_WIDTH`'s time,
-  about the ratio of the widths); `SPACE_TO_DEPTH_COST` times that with
-  the space_to_depth stem.
-  """
-  x, y = np.log(COST_SIDES), np.log(COST_SECONDS)
-  t = float(np.log(size))
-  k = int(np.clip(np.searchsorted(x, t) - 1, 0, len(x) - 2))
-  log_cost = y[k] + (t - x[k]) * (y[k + 1] - y[k]) / (x[k + 1] - x[k])
-  scale = width / RECIPE_WIDTH / (1.0 if conv3_3_map else CONV3_3_COST)
-  if stem == "space_to_depth":
-    scale *= SPACE_TO_DEPTH_COST
-  return float(np.exp(log_cost)) * scale
 
 
 def mirror_pairs(class_names: Sequence[str]) -> list[tuple[str, str]]:
@@ -726,6 +656,7 @@ def resolve(
   *,
   choose_new: bool = True,
   store: bool = True,
+  speed: budget.Speed | None = None,
 ) -> tuple[ml_collections.ConfigDict, list[Choice]]:
   """The config a run uses: its recipe's choices applied.
 
@@ -745,6 +676,8 @@ def resolve(
       predict and export: never choose, only read.
     store: write new choices to the workdir (False on the processes of a
       multi-host run other than process 0).
+    speed: this machine's speed for new choices; None probes it
+      (`budget.machine_speed`, ~1 s, every process of a multi-host run).
 
   Returns:
     (the config with the choices applied, the choices with their source).
@@ -756,7 +689,9 @@ def resolve(
     return config, []
   if stats is None:
     stats = box_stats.dataset_stats(config.data, "train")
-  choices = choose(stats, config, fixed)
+  if speed is None:
+    speed = budget.machine_speed()
+  choices = choose(stats, config, fixed, speed)
   if store:
     write(workdir, choices)
   return apply(config, choices), choices

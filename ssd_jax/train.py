@@ -42,7 +42,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from ssd_jax import box_stats, models, optim, recipe
+from ssd_jax import box_stats, budget, models, optim, recipe
 from ssd_jax import checkpoint as ckpt_lib
 from ssd_jax import config as config_lib
 from ssd_jax import default_boxes as db
@@ -366,16 +366,17 @@ class _Replan:
   """Times a fresh quick-recipe run's first steps and re-plans its length.
 
   `recipe.replan` turns the measured speed into the steps that fit the
-  run's time; the loop then rebuilds the step's settings (the schedule is
-  part of them). Only for a run that chose its steps now, starts at step
-  0, runs on one process (every process would have to agree on the steps)
-  and is planned at >= `10 * (recipe.REPLAN_WARMUP_STEPS +
-  recipe.REPLAN_STEPS)` steps (no checkpoint or evaluation falls among the
-  timed steps; shorter runs take a minute or two).
+  run's time (`budget.replan_steps`); the loop then rebuilds the step's
+  settings (the schedule is part of them). Only for a run that chose its
+  steps now, starts at step 0, runs on one process (every process would
+  have to agree on the steps) and is planned at >= `10 *
+  (budget.REPLAN_WARMUP_STEPS + budget.REPLAN_STEPS)` steps (no checkpoint
+  or evaluation falls among the timed steps; shorter runs take a minute or
+  two).
 
   The loop calls `after_step(step)` once each step has been dispatched and
   the previous one has finished (the loop fetches its metrics). The timed
-  steps start after `recipe.REPLAN_WARMUP_STEPS` (compilation, then the
+  steps start after `budget.REPLAN_WARMUP_STEPS` (compilation, then the
   input pipeline and allocator warming up: the steps right after the
   compilation ran ~8% slower than the run's average on shapes10).
   """
@@ -394,7 +395,7 @@ class _Replan:
     if (
       not planned
       or int(planned[0].value)
-      < 10 * (recipe.REPLAN_WARMUP_STEPS + recipe.REPLAN_STEPS)
+      < 10 * (budget.REPLAN_WARMUP_STEPS + budget.REPLAN_STEPS)
       or start_step != 0
       or jax.process_count() != 1
     ):
@@ -404,15 +405,24 @@ class _Replan:
   def after_step(self, step: int) -> list | None:
     """The re-planned choices when due (once, after the timed steps)."""
     now = time.monotonic()
-    warm = recipe.REPLAN_WARMUP_STEPS
+    warm = budget.REPLAN_WARMUP_STEPS
     if step == warm + 1:  # Steps 1..warm have finished.
       self.first_end = now
-    if self.first_end is None or step != warm + 1 + recipe.REPLAN_STEPS:
+    if self.first_end is None or step != warm + 1 + budget.REPLAN_STEPS:
       return None
-    per_step = (now - self.first_end) / recipe.REPLAN_STEPS
+    per_step = (now - self.first_end) / budget.REPLAN_STEPS
     # Step 1 compiled: what steps 1..warm took beyond steps is compilation.
     compile_seconds = max(
       0.0, self.first_end - self.loop_start - warm * per_step
+    )
+    logging.info(
+      "Timed steps %d-%d: %.1f ms per step (%.1f s compiling, %.1f s since "
+      "the start)",
+      warm + 1,
+      step,
+      per_step * 1e3,
+      compile_seconds,
+      now - self.start,
     )
     return recipe.replan(
       self.choices, step, now - self.start, per_step, compile_seconds

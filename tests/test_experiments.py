@@ -14,6 +14,7 @@ checked.
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 import jax
@@ -491,7 +492,10 @@ def test_run_recipe_runs_reads_and_writes(load_experiment, tiny_sets, tmp_path):
     "--config.data.eval_split=test", "--workdir=/w", "--config.num_steps=50",
   ]  # fmt: skip
   python = _fake_python(
-    tmp_path, 'echo \'{"step": 50, "mAP": 0.25}\' > "$w/eval_results.json"\n'
+    tmp_path,
+    'echo \'{"step": 50, "mAP": 0.25}\' > "$w/eval_results.json"\n'
+    'echo \'{"choices": [{"field": "num_steps", "value": 50, "reason": '
+    '"re-planned", "source": "recipe"}]}\' > "$w/recipe.json"\n',
   )
   results = tmp_path / "results"
   rows = run_recipe.main(
@@ -513,6 +517,10 @@ def test_run_recipe_runs_reads_and_writes(load_experiment, tiny_sets, tmp_path):
   assert saved["data"] == "DATA"
   assert saved["runs"][0]["workdir"] == "RUNS/shapes10"
   assert saved["runs"][0]["command"][0] == "python"
+  # The run's recipe choices and reasons (its speeds) are kept.
+  assert saved["runs"][0]["recipe"] == [
+    {"field": "num_steps", "reason": "re-planned"}
+  ]
   assert "--config.data.root=DATA/shapes10" in saved["runs"][0]["command"]
   assert str(tmp_path) not in json.dumps(saved)
   with pytest.raises(FileExistsError, match="exists"):
@@ -540,3 +548,58 @@ def test_run_recipe_budget_and_failure(load_experiment, tiny_sets, tmp_path):
   )
   assert row.status == "failed (exit 3)"
   assert "| - | failed (exit 3) |" in run_recipe.format_table([row])
+
+
+def test_calibrate_probe_times_runs_and_implies_the_reference(
+  load_experiment, tiny_sets, tmp_path
+):
+  from ssd_jax import budget
+
+  calibrate = load_experiment("own_data/calibrate_probe")
+  choices = {
+    "model.image_size": 128,
+    "model.conv3_3_map": True,
+    "model.width": budget.COST_WIDTH,
+    "model.stem": "space_to_depth",
+  }
+  # 16 images at 128 px, conv3_3, the stem: 16 x 24.3 ms x 0.8.
+  table = calibrate.table_seconds_per_step(choices, 16)
+  assert table == pytest.approx(16 * 0.0243 * budget.SPACE_TO_DEPTH_COST)
+  # A machine twice as slow as the table's, whose probe took 80 ms: the
+  # table's machine would have taken 40.
+  assert calibrate.implied_reference(0.08, 2 * table, table) == (
+    pytest.approx(0.04)
+  )
+  out, _ = tiny_sets
+  python = _fake_python(
+    tmp_path,
+    'mkdir -p "$w"\n'
+    'echo \'{"choices": [{"field": "model.image_size", "value": 96, '
+    '"reason": "r", "source": "command line"}, {"field": '
+    '"model.conv3_3_map", "value": false, "reason": "r", "source": '
+    '"recipe"}]}\' > "$w/recipe.json"\n'
+    'echo "I1202 train.py] Timed steps 11-40: 250.0 ms per step (1 s)"\n'
+    "sleep 60\n",  # stopped once the line is seen
+  )
+  start = time.monotonic()
+  record = calibrate.main(
+    ["--data", str(out), "--sets", "shapes10", "--sizes", "96",
+     "--out_dir", str(tmp_path / "results"), "--date", "2026-01-02",
+     "--python", python]
+  )  # fmt: skip
+  assert time.monotonic() - start < 50
+  (run,) = record["runs"]
+  assert run["measured_ms_per_step"] == pytest.approx(250.0)
+  want_table = 16 * budget.seconds_per_image(96, False, stem="vgg")
+  assert run["table_ms_per_step"] == pytest.approx(want_table * 1e3)
+  assert run["implied_reference_ms"] == pytest.approx(
+    run["probe_ms"] * want_table / 0.25
+  )
+  saved = json.loads(
+    (tmp_path / "results" / "calibrate_probe_2026-01-02.json").read_text()
+  )
+  assert saved["median_implied_reference_ms"] == run["implied_reference_ms"]
+  # A run that ends without the line is an error naming its log.
+  quiet = _fake_python(tmp_path, "exit 0\n")
+  with pytest.raises(RuntimeError, match="Timed steps"):
+    calibrate.time_steps([quiet], str(tmp_path / "q.log"), 30)

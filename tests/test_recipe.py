@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from ssd_jax import box_stats, models, recipe
+from ssd_jax import box_stats, budget, models, recipe
 from ssd_jax import config as config_lib
 from ssd_jax import default_boxes as db
 
@@ -41,7 +41,11 @@ def _by_field(choices):
 
 
 def _size_rule(
-  stats, stride4=True, width=recipe.RECIPE_WIDTH, stem="space_to_depth"
+  stats,
+  stride4=True,
+  width=recipe.RECIPE_WIDTH,
+  stem="space_to_depth",
+  speed=1.0,
 ):
   """The rule by hand: the largest side with TARGET_EPOCHS, >= the floor."""
   w, h = (stats.boxes[:, 2:] - stats.boxes[:, :2]).T
@@ -52,9 +56,9 @@ def _size_rule(
   ok = [
     side
     for side in range(floor, cap + 1, 32)
-    if recipe.TRAIN_SECONDS
+    if budget.TRAIN_SECONDS
     / stats.num_images
-    / recipe.seconds_per_image(side, stride4, width, stem)
+    / budget.seconds_per_image(side, stride4, width, stem, speed)
     >= recipe.TARGET_EPOCHS
   ]
   return max(ok, default=floor), floor
@@ -269,13 +273,13 @@ def test_a_width_set_on_the_command_line_is_kept_and_costed():
   size = own["model.image_size"].value
   assert kept["model.image_size"].value == size
   conv3_3 = own["model.conv3_3_map"].value
-  assert recipe.seconds_per_image(size, conv3_3, 0.375) == pytest.approx(
-    2 * recipe.seconds_per_image(size, conv3_3)
+  assert budget.seconds_per_image(size, conv3_3, 0.375) == pytest.approx(
+    2 * budget.seconds_per_image(size, conv3_3)
   )
   epochs = []
   for by, width in ((own, recipe.RECIPE_WIDTH), (kept, 0.375)):
-    cost = recipe.seconds_per_image(size, conv3_3, width, "space_to_depth")
-    epochs.append(int(round(recipe.TRAIN_SECONDS / 2000 / cost)))
+    cost = budget.seconds_per_image(size, conv3_3, width, "space_to_depth")
+    epochs.append(int(round(budget.TRAIN_SECONDS / 2000 / cost)))
     assert f"{epochs[-1]} epochs of 2000 images" in by["num_steps"].reason
   assert epochs[1] < epochs[0]
 
@@ -377,27 +381,6 @@ def test_conv3_3_map_when_it_covers_the_small_boxes():
   assert "default boxes (default)" in named["model.conv3_3_map"].reason
 
 
-def test_seconds_per_image_is_the_measured_table_between_and_beyond():
-  for side, seconds in zip(recipe.COST_SIDES, recipe.COST_SECONDS, strict=True):
-    assert recipe.seconds_per_image(side, True) == pytest.approx(seconds)
-  # Between two measured sides: a power law through both.
-  lo, hi = recipe.COST_SIDES[1:3]
-  c_lo, c_hi = recipe.COST_SECONDS[1:3]
-  mid = 144
-  power = np.log(c_hi / c_lo) / np.log(hi / lo)
-  want = c_lo * (mid / lo) ** power
-  assert recipe.seconds_per_image(mid, True) == pytest.approx(want)
-  sides = np.arange(64, 320, 16)
-  costs = [recipe.seconds_per_image(int(s), True) for s in sides]
-  assert np.all(np.diff(costs) > 0)
-  assert recipe.seconds_per_image(160) == pytest.approx(
-    recipe.COST_SECONDS[2] / recipe.CONV3_3_COST
-  )
-  assert recipe.seconds_per_image(160, True, stem="space_to_depth") == (
-    pytest.approx(recipe.COST_SECONDS[2] * recipe.SPACE_TO_DEPTH_COST)
-  )
-
-
 def test_the_stem_is_space_to_depth_unless_set_or_the_side_is_odd():
   stats = _stats(np.full(100, 0.2), num_images=400)
   own = _by_field(recipe.choose(stats, _config()))
@@ -427,12 +410,12 @@ def test_epochs_fill_the_training_time_at_the_measured_cost():
   for n in (250, 400):
     stats = _stats(rng.uniform(0.02, 0.3, 300), num_images=n)
     by = _by_field(recipe.choose(stats, config))
-    cost = recipe.seconds_per_image(
+    cost = budget.seconds_per_image(
       by["model.image_size"].value,
       by["model.conv3_3_map"].value,
       stem="space_to_depth",
     )
-    epochs = int(round(recipe.TRAIN_SECONDS / n / cost))
+    epochs = int(round(budget.TRAIN_SECONDS / n / cost))
     assert recipe.MIN_EPOCHS < epochs < recipe.MAX_EPOCHS
     assert by["num_steps"].value == -(-epochs * n // config.batch_size)
     assert f"{epochs} epochs of {n} images" in by["num_steps"].reason
@@ -473,17 +456,40 @@ def test_padding_follows_the_most_boxes_per_image_and_eval_keeps_its_own():
   assert resolved.data.eval_max_boxes == 64
 
 
+def test_a_slower_machine_plans_a_smaller_input_and_fewer_steps():
+  stats = _stats(np.full(100, 0.2), num_images=400)
+  table = _by_field(recipe.choose(stats, _config()))
+  assert table["model.image_size"].value == _size_rule(stats)[0] == 128
+  assert "not probed" in table["model.image_size"].reason
+  slow = budget.speed_from_probe(2 * budget.PROBE_REFERENCE_SECONDS)
+  assert slow.factor == pytest.approx(2.0)
+  by = _by_field(recipe.choose(stats, _config(), speed=slow))
+  # At twice the table's time 128 px trains 33 epochs: 96 px (57) is taken.
+  assert by["model.image_size"].value == _size_rule(stats, speed=2.0)[0] == 96
+  assert "2.00x the cost table's time" in by["model.image_size"].reason
+  # The epochs at the chosen model's cost (these large boxes need no
+  # conv3_3 map: 65 epochs where the size rule counted it and saw 57).
+  assert by["model.conv3_3_map"].value is False
+  cost = budget.seconds_per_image(96, False, stem="space_to_depth", speed=2.0)
+  epochs = int(round(budget.TRAIN_SECONDS / 400 / cost))
+  assert epochs == 65
+  assert by["num_steps"].value == -(-epochs * 400 // 16)  # batch 16
+  assert "x2.00 for this machine" in by["num_steps"].reason
+  # A fixed size keeps it; the epochs still see the speed.
+  config = _config()
+  config.model.image_size = 128
+  fixed = _by_field(recipe.choose(stats, config, {"model.image_size"}, slow))
+  assert fixed["model.image_size"].value == 128
+  assert fixed["num_steps"].value < table["num_steps"].value
+
+
 def test_replan_fits_the_steps_to_the_measured_speed():
   stats = _stats(np.full(100, 0.2), num_images=400)
   choices = recipe.choose(stats, _config())
   planned = _by_field(choices)["num_steps"].value
-  assert (
-    "re-planned from the run's own speed"
-    in _by_field(choices)["num_steps"].reason
-  )
   # Hand-worked: 100 s gone, 0.5 s per step, 20 s to recompile: the time
   # left is RUN_SECONDS - 100 - 20 - 2 * EVAL_SECONDS.
-  left = recipe.RUN_SECONDS - 100 - 20 - 2 * recipe.EVAL_SECONDS
+  left = budget.RUN_SECONDS - 100 - 20 - 2 * budget.EVAL_SECONDS
   want = 32 + int(left / 0.5)
   assert planned / 3 < want < planned  # a slower machine than the table's
   new = _by_field(recipe.replan(choices, 32, 100.0, 0.5, 20.0))
@@ -491,6 +497,10 @@ def test_replan_fits_the_steps_to_the_measured_speed():
   assert new["num_steps"].source == "recipe"
   assert "re-planned at step 32" in new["num_steps"].reason
   assert "500 ms per step" in new["num_steps"].reason
+  # The plan's reason once, after its steps.
+  plan_reason = _by_field(choices)["num_steps"].reason
+  assert new["num_steps"].reason.endswith(f"planned {planned}: {plan_reason}")
+  assert new["num_steps"].reason.count("re-planned") == 1
   assert new["warmup_steps"].value == want // 20
   assert new["lr_boundaries"].value == (int(0.75 * want), int(0.92 * want))
   assert new["eval_every"].value == -(-want // 2)
@@ -502,7 +512,7 @@ def test_replan_fits_the_steps_to_the_measured_speed():
   for field in set(old) - follow - {"checkpoint_every"}:
     assert new[field] == old[field], field
   # Within REPLAN_TOLERANCE of the plan: kept. Far off: a third to twice.
-  exact = (recipe.RUN_SECONDS - 120 - 2 * recipe.EVAL_SECONDS) / planned
+  exact = (budget.RUN_SECONDS - 120 - 2 * budget.EVAL_SECONDS) / planned
   assert recipe.replan(choices, 0, 100.0, exact, 20.0) is None
   slow = _by_field(recipe.replan(choices, 32, 100.0, 50.0, 20.0))
   assert slow["num_steps"].value == -(-planned // 3)

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -16,9 +17,9 @@ import pytest
 from conftest import REPO, load_config
 from PIL import Image
 
-from ssd_jax import box_stats, metrics_writer, models, optim, train
 from ssd_jax import checkpoint as ckpt_lib
 from ssd_jax import default_boxes as db
+from ssd_jax import metrics_writer, models, optim, train
 from ssd_jax import step as step_lib
 
 DATA = os.path.join(REPO, "tests", "data")
@@ -403,7 +404,7 @@ def test_quick_recipe_chooses_once_replans_and_eval_rebuilds_the_model(
 ):
   import minidata
 
-  from ssd_jax import recipe
+  from ssd_jax import budget, recipe
 
   minidata.write_vocdevkit(
     str(tmp_path / "devkit"), years=("2007",), num_images=8, num_test=4
@@ -426,19 +427,21 @@ def test_quick_recipe_chooses_once_replans_and_eval_rebuilds_the_model(
   fixed = {"eval_every", "model.image_size"}
   # The steps are the recipe's: re-planned after 1 + 2 timed steps, for a
   # run with no time left, to the floor of a third of the plan.
-  monkeypatch.setattr(recipe, "REPLAN_WARMUP_STEPS", 1)
-  monkeypatch.setattr(recipe, "REPLAN_STEPS", 2)
-  monkeypatch.setattr(recipe, "RUN_SECONDS", 0.0)
-  stats = box_stats.dataset_stats(config.data, "train")
-  planned = _by_field(recipe.choose(stats, config, fixed))["num_steps"].value
-  want = -(-planned // 3)
-  assert planned >= 30 and want > 4
+  monkeypatch.setattr(budget, "REPLAN_WARMUP_STEPS", 1)
+  monkeypatch.setattr(budget, "REPLAN_STEPS", 2)
+  monkeypatch.setattr(budget, "RUN_SECONDS", 0.0)
   workdir = str(tmp_path / "run")
   summary = train.train_and_evaluate(config, workdir, fixed=fixed)
-  assert summary["step"] == want
   choices = {c.field: c for c in recipe.read(workdir)}
+  # The plan (at the probed machine speed) is quoted in the re-plan's reason.
+  reason = choices["num_steps"].reason
+  assert "re-planned at step 4" in reason
+  planned = int(re.search(r"planned (\d+): ", reason).group(1))
+  assert "for this machine" in reason  # the plan's reason, with its speed
+  want = -(-planned // 3)
+  assert planned >= 30 and want > 4
+  assert summary["step"] == want
   assert choices["num_steps"].value == want
-  assert "re-planned at step 4" in choices["num_steps"].reason
   assert choices["warmup_steps"].value == max(1, want // 20)
   assert choices["lr_boundaries"].value == (int(0.75 * want), int(0.92 * want))
   assert choices["checkpoint_every"].value == want // 5

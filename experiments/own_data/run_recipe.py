@@ -42,6 +42,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+from ssd_jax import recipe
 from ssd_jax.data import voc_folder
 from ssd_jax.evaluator import EVAL_RESULTS
 
@@ -309,7 +310,17 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     )
     print(f"{row}\n  {shlex.join(command)}", flush=True)
     rows.append(row)
-    runs.append({**row._asdict(), "workdir": workdir, "command": command})
+    # The run's choices with their reasons: the machine speed the plan saw
+    # (image_size) and the speed the run measured (a re-planned num_steps).
+    choices = recipe.read(workdir) or []
+    runs.append(
+      {
+        **row._asdict(),
+        "workdir": workdir,
+        "command": command,
+        "recipe": [{"field": c.field, "reason": c.reason} for c in choices],
+      }
+    )
   table = format_table(rows)
   print(table)
   os.makedirs(args.out_dir, exist_ok=True)
