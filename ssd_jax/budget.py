@@ -136,9 +136,9 @@ def probe_seconds(repeats: int = 10) -> float:
   and warmed up first; ~1.5 s in all on 2 CPU cores. Repeated in one
   process the fastest call varied by +-3% (the median by +-6%, and on a
   problem a third of the size by +-15%); between processes on one day, by
-  +-13%. Under the XLA flags of
-  the entry points (`runtime.apply_xla_cpu_flags`), as training: without
-  them XLA CPU runs it ~1.7x slower.
+  +-13%. Run it under the entry points' XLA flags
+  (`runtime.apply_xla_cpu_flags`), as training runs: without them XLA CPU
+  takes ~1.7x longer.
 
   Args:
     repeats: timed calls (the fastest is returned); >= 1.

@@ -408,6 +408,7 @@ class _Replan:
     warm = budget.REPLAN_WARMUP_STEPS
     if step == warm + 1:  # Steps 1..warm have finished.
       self.first_end = now
+    # At step warm + 1 + REPLAN_STEPS, steps warm + 1.. step - 1 are timed.
     if self.first_end is None or step != warm + 1 + budget.REPLAN_STEPS:
       return None
     per_step = (now - self.first_end) / budget.REPLAN_STEPS
@@ -419,7 +420,7 @@ class _Replan:
       "Timed steps %d-%d: %.1f ms per step (%.1f s compiling, %.1f s since "
       "the start)",
       warm + 1,
-      step,
+      step - 1,
       per_step * 1e3,
       compile_seconds,
       now - self.start,
