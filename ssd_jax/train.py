@@ -296,10 +296,21 @@ def _input(model: Any) -> jax.ShapeDtypeStruct:
   return jax.ShapeDtypeStruct([1, size, size, 3], jnp.float32)
 
 
+# The initialisation runs once, so XLA CPU compiles it with less of LLVM's
+# optimisation: its ~60 threefry loops (one per random parameter) took
+# 14-17 s to compile at the default level 2 and 6 s at level 1 (the quick
+# recipe's model at 128 px), for the same bits (level 0, 5 s, changes the
+# last bit of normal initialisers' draws); `tests/test_train.py` checks it.
+INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
+
+
 def init_variables(
   model: Any, rng: jax.Array, init_from: str = ""
 ) -> dict[str, Any]:
   """Fresh variables, overwritten from `init_from` when set.
+
+  The same values as `jax.jit(model.init)(rng, zeros)`, compiled with
+  `INIT_COMPILER_OPTIONS` on the CPU.
 
   Args:
     model: the SSD module (any of the zoo).
@@ -310,7 +321,10 @@ def init_variables(
   Returns:
     {"params": tree} and, for a BatchNorm model, "batch_stats".
   """
-  variables = jax.jit(model.init)(rng, jnp.zeros(_input(model).shape))
+  x = jnp.zeros(_input(model).shape)
+  init = jax.jit(model.init).lower(rng, x)
+  options = INIT_COMPILER_OPTIONS if jax.default_backend() == "cpu" else {}
+  variables = init.compile(compiler_options=options)(rng, x)
   variables = {
     k: variables[k] for k in ("params", "batch_stats") if k in variables
   }
