@@ -297,7 +297,7 @@ def _input(model: Any) -> jax.ShapeDtypeStruct:
 
 
 # The initialisation runs once, so XLA CPU compiles it with less of LLVM's
-# optimisation: its ~60 threefry loops (one per random parameter) took
+# optimisation: its ~20 threefry loops (one per random draw) took
 # 14-17 s to compile at the default level 2 and 6 s at level 1 (the quick
 # recipe's model at 128 px), for the same bits (level 0, 5 s, changes the
 # last bit of normal initialisers' draws); `tests/test_train.py` checks it.

@@ -40,14 +40,9 @@ class _Initialisers(flax.linen.Module):
   @flax.linen.compact
   def __call__(self, x):
     nn = flax.linen
+    he_normal = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
     x = nn.Conv(4, (3, 3), kernel_init=nn.initializers.xavier_uniform())(x)
-    x = nn.Conv(
-      4,
-      (3, 3),
-      kernel_init=nn.initializers.variance_scaling(
-        2.0, "fan_out", "normal"
-      ),  # fmt: skip
-    )(x)
+    x = nn.Conv(4, (3, 3), kernel_init=he_normal)(x)
     x = nn.BatchNorm(use_running_average=True)(x)
     x = x * self.param("scale", nn.initializers.constant(20.0), (4,))
     return nn.Dense(3, kernel_init=nn.initializers.normal(0.03))(x)
