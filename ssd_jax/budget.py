@@ -55,16 +55,20 @@ CONV3_3_COST = 1.13
 # and they are ~80% of a training step (matching, the loss and the input
 # are not cheaper).
 SPACE_TO_DEPTH_COST = 0.80
-# `probe_seconds` on the cost table's machine (speed 1): the probe and
-# quick-recipe runs' own timed steps measured together on a day the machine
-# ran 1.48-1.63x slower than the table's
-# (`experiments/own_data/calibrate_probe.py`: shapes10 at 96 and 128 px,
-# small_crowded at 128; implied references 60-72 ms, median 63;
-# experiments/results/calibrate_probe_2026-12-02.json). It assumes the probe
-# slows down with the machine as the training step does; between processes
-# the probe moved by +-13% that day, so the size it picks near a boundary
-# can go either way (the re-plan then fits the steps).
-PROBE_REFERENCE_SECONDS = 0.063
+# `probe_seconds` on the cost table's machine (speed 1): the median of
+# the references implied by probes and quick-recipe runs' own timed steps
+# (probe x the table's step / the measured step) over three sessions on
+# which the machine ran 1.35-1.63x slower than the table's day: 12 runs,
+# 58-83 ms, 66 ms the median (`experiments/own_data/calibrate_probe.py`,
+# experiments/results/calibrate_probe_2026-12-02.json and
+# calibrate_probe_2026-12-02_0730.json; the recipe runs of
+# own_data_2026-12-02_probe.json and own_data_2026-12-02_recipe.json). It
+# assumes the probe slows down with the machine as the training step does;
+# between processes minutes apart the probe moved by +-13%, and the
+# references of one session sat up to ~25% from another's, so the size it
+# picks near a boundary can go either way (the re-plan then fits the
+# steps).
+PROBE_REFERENCE_SECONDS = 0.066
 # `machine_speed` stays within this range: outside it the probe measures
 # something other than a CPU like the table's (an accelerator's launch
 # overheads, a machine swapping), and the re-plan corrects the steps anyway.

@@ -80,11 +80,15 @@ MAX_SIZE = 256
 # MIN_OBJECT_PIXELS input pixels (conv4_3's stride 8 is the zoo models'
 # finest grid: smaller boxes are rarely within the matching IoU of a default
 # box), MIN_OBJECT_PIXELS_STRIDE4 for a VGG model, which can take conv3_3's
-# stride-4 map. Whole 10-minute runs: epochs pay up to about 50 and pixels
-# after that (shapes10 0.744 at 128 px / 52 epochs against 0.725 at 96 /
-# 92; small_crowded 0.799 at 128 / 52, its small objects 5.4 px, against
-# 0.778 at 160 / 38 and, at width 1/4, 0.44 at 192 / 15).
-TARGET_EPOCHS = 50
+# stride-4 map. Whole 10-minute runs: 128 px beat 96 px from about 40
+# epochs on (on a day the machine ran ~1.4x slower than the cost table's:
+# mixed_sizes 0.894 at 128 px / 45 epochs against 0.843 at 96 / 73,
+# shapes10_upright 0.950 at 128 / 42 against 0.909 at 96 / 74; shapes10
+# 0.535 at 128 / 29 against 0.646 at 96 / 58), and more pixels stop paying
+# below that (small_crowded 0.799 at 128 / 52, its small objects 5.4 px,
+# against 0.778 at 160 / 38; at width 1/4, 0.44 at 192 / 15). 45 leaves
+# the speed probe's error (+-15%) on the side of more epochs.
+TARGET_EPOCHS = 45
 MIN_OBJECT_PIXELS = 12.0
 MIN_OBJECT_PIXELS_STRIDE4 = 5.0
 # The VGG models' width (channel multiplier) for the quick run: 3/16 of
