@@ -13,7 +13,9 @@ The quick recipe (`ssd_jax.recipe`) plans a run to fit a fixed time on the
   one evening than on the table's day);
 - `replan_steps`: once the run has timed its own steps, the number of steps
   that ends it `RUN_SECONDS` after it started; `follow_steps` gives what
-  follows the number of steps (warm-up, decays, evaluations, checkpoints).
+  follows the number of steps (warm-up, decays, evaluations, checkpoints);
+  `speed_from_steps` gives the machine's speed those steps measured (for
+  choosing the input size again, `recipe.rechoose`).
 """
 
 import functools
@@ -173,14 +175,25 @@ class Speed(NamedTuple):
     factor: its time per training image relative to the cost table's
       machine (> 1: slower); `seconds_per_image`'s `speed`.
     probe_seconds: the probe's time it follows from (`probe_seconds`), or
-      None for the table's machine taken as it is.
+      None.
+    step_seconds: (the run's measured seconds per training step, the cost
+      table's for the same model) it follows from (`speed_from_steps`), or
+      None.
   """
 
   factor: float = 1.0
   probe_seconds: float | None = None
+  step_seconds: tuple[float, float] | None = None
 
   def describe(self) -> str:
     """For the recipe's log: the factor and what it was measured by."""
+    if self.step_seconds is not None:
+      measured, table = self.step_seconds
+      return (
+        f"this machine at {self.factor:.2f}x the cost table's time per image "
+        f"(the run's own steps {measured * 1e3:.0f} ms against the table's "
+        f"{table * 1e3:.0f})"
+      )
     if self.probe_seconds is None:
       return "the cost table's machine speed (not probed)"
     return (
@@ -201,6 +214,26 @@ def speed_from_probe(seconds: float) -> Speed:
     raise ValueError(f"probe seconds must be > 0, got {seconds}")
   factor = float(np.clip(seconds / PROBE_REFERENCE_SECONDS, *SPEED_RANGE))
   return Speed(factor, float(seconds))
+
+
+def speed_from_steps(measured: float, table: float) -> Speed:
+  """The Speed a run's own training steps give: factor `measured / table`
+  within `SPEED_RANGE`.
+
+  Args:
+    measured: the run's seconds per step (timed after its warm-up).
+    table: the cost table's seconds per step for the same model and batch
+      (`seconds_per_image` times the batch).
+
+  Raises:
+    ValueError: for either not > 0.
+  """
+  if not (measured > 0 and table > 0):
+    raise ValueError(
+      f"step seconds must be > 0, got measured={measured}, table={table}"
+    )
+  factor = float(np.clip(measured / table, *SPEED_RANGE))
+  return Speed(factor, step_seconds=(float(measured), float(table)))
 
 
 def machine_speed() -> Speed:

@@ -13,7 +13,9 @@ at start-up:
   sqrt(w h)) span `MIN_OBJECT_PIXELS` pixels (`MIN_OBJECT_PIXELS_STRIDE4`
   for a VGG model, which can take conv3_3's stride-4 map), within
   [`MIN_SIZE`, `MAX_SIZE`] and no larger than the images themselves (a 120
-  px image is not upsampled to 256);
+  px image is not upsampled to 256); chosen again from the run's own
+  timed steps when they clearly give another size (`rechoose`: the run
+  then starts again at it);
 - `num_steps`: `epochs` passes over the training split, where `epochs`
   falls with the dataset's size, the input size and conv3_3's map (as
   many as fit in `budget.TRAIN_SECONDS` at the cost per image measured on 2
@@ -80,14 +82,16 @@ MAX_SIZE = 256
 # MIN_OBJECT_PIXELS input pixels (conv4_3's stride 8 is the zoo models'
 # finest grid: smaller boxes are rarely within the matching IoU of a default
 # box), MIN_OBJECT_PIXELS_STRIDE4 for a VGG model, which can take conv3_3's
-# stride-4 map. Whole 10-minute runs: 128 px beat 96 px from about 40
-# epochs on (on a day the machine ran ~1.4x slower than the cost table's:
-# mixed_sizes 0.894 at 128 px / 45 epochs against 0.843 at 96 / 73,
-# shapes10_upright 0.950 at 128 / 42 against 0.909 at 96 / 74; shapes10
-# 0.535 at 128 / 29 against 0.646 at 96 / 58), and more pixels stop paying
-# below that (small_crowded 0.799 at 128 / 52, its small objects 5.4 px,
-# against 0.778 at 160 / 38; at width 1/4, 0.44 at 192 / 15). 45 leaves
-# the speed probe's error (+-15%) on the side of more epochs.
+# stride-4 map. The epochs are planned ones (`budget.TRAIN_SECONDS` of
+# steps); a run trains ~0.85 of them (start-up, evaluations, the re-plan's
+# recompilation). Whole 10-minute runs on days the machine ran 1.4-1.8x
+# slower than the cost table's: 128 px beat 96 px from about 38 trained
+# epochs on (mixed_sizes 0.894 at 128 px / 45 epochs against 0.843 at 96 /
+# 73, shapes10_upright 0.950 at 128 / 42 against 0.909 at 96 / 74;
+# shapes10 0.630 at 128 / 36 and 0.535 at 128 / 29 against 0.646 at 96 /
+# 58), and more pixels stop paying below that (small_crowded 0.799 at 128
+# / 52, its small objects 5.4 px, against 0.778 at 160 / 38; at width 1/4,
+# 0.44 at 192 / 15). 45 planned epochs are ~38 trained.
 TARGET_EPOCHS = 45
 MIN_OBJECT_PIXELS = 12.0
 MIN_OBJECT_PIXELS_STRIDE4 = 5.0
@@ -108,6 +112,10 @@ CROP_ASPECT = (0.8, 1.25)
 # conv3_3 joins the source maps when it raises the fitted boxes' coverage
 # (boxes whose best default box reaches the matching IoU) by this much.
 CONV3_3_MIN_GAIN = 0.03
+# `rechoose` starts a run again at another input size only when the size
+# it runs at is not the rule's at its own steps' speed this fraction either
+# side (starting again costs ~40 s of the ~9 minutes).
+RECHOOSE_MARGIN = 0.1
 # data.max_boxes: the training split's most boxes per image, rounded up to
 # a multiple of this.
 PAD_MULTIPLE = 8
@@ -186,49 +194,8 @@ def choose(
 
   sizes = box_stats.box_size(stats.boxes)  # [M] sqrt(w h), normalised
   small = float(np.quantile(sizes, 0.1))
-  image_side = float(np.median(stats.image_sizes.max(axis=1)))
-  stride4 = _may_take_conv3_3(config, fixed)
-  min_pixels = MIN_OBJECT_PIXELS_STRIDE4 if stride4 else MIN_OBJECT_PIXELS
-  cap = max(MIN_SIZE, min(MAX_SIZE, _round_to(image_side, 32)))
-  floor = int(np.clip(32 * math.ceil(min_pixels / max(small, 1e-3) / 32),
-                      MIN_SIZE, cap))  # fmt: skip
   vgg = box_stats.can_fit(config.model)
-  # The cost the schedule will be planned at: conv3_3's map if it may come.
-  plan_width = (
-    float(config.model.width)
-    if vgg and "model.width" in fixed
-    else RECIPE_WIDTH
-  )
-
-  def stem_at(side: int) -> str:
-    if "model.stem" in fixed or not vgg:
-      return config.model.get("stem", "vgg")
-    return _stem(side)[0]
-
-  def epochs_at(side: int) -> float:
-    cost = budget.seconds_per_image(
-      side, stride4, plan_width, stem_at(side), speed.factor
-    )
-    return budget.TRAIN_SECONDS / stats.num_images / cost
-
-  enough = [
-    s for s in range(floor, cap + 1, 32) if epochs_at(s) >= TARGET_EPOCHS
-  ]
-  size = pick(
-    "model.image_size",
-    max(enough, default=floor),
-    f"the largest side that trains >= {TARGET_EPOCHS} epochs in "
-    f"{budget.TRAIN_SECONDS / 60:.1f} min (at the measured cost"
-    + (", counting conv3_3's map" if stride4 else "")
-    + f", {speed.describe()}), at least {floor}, where the small objects "
-    f"(10th percentile of sqrt(wh): {small:.3f} of the image) span >= "
-    f"{min_pixels:g} px, and at most {cap} (the images' ~{image_side:.0f} px)"
-    + (
-      ""
-      if enough
-      else f"; even {floor} px trains only {epochs_at(floor):.0f} epochs"
-    ),  # fmt: skip
-  )
+  size = pick("model.image_size", *_image_size(stats, config, fixed, speed))
   if vgg:  # The zoo brings its own boxes, BatchNorm and widths.
     priors = pick(
       "model.priors",
@@ -306,6 +273,58 @@ def choose(
   return choices
 
 
+def _image_size(
+  stats: box_stats.DatasetStats,
+  config: ml_collections.ConfigDict,
+  fixed: Collection[str],
+  speed: budget.Speed,
+) -> tuple[int, str]:
+  """(model.image_size, reason): the size rule (see `TARGET_EPOCHS`)."""
+  sizes = box_stats.box_size(stats.boxes)  # [M] sqrt(w h), normalised
+  small = float(np.quantile(sizes, 0.1))
+  image_side = float(np.median(stats.image_sizes.max(axis=1)))
+  stride4 = _may_take_conv3_3(config, fixed)
+  min_pixels = MIN_OBJECT_PIXELS_STRIDE4 if stride4 else MIN_OBJECT_PIXELS
+  cap = max(MIN_SIZE, min(MAX_SIZE, _round_to(image_side, 32)))
+  floor = int(np.clip(32 * math.ceil(min_pixels / max(small, 1e-3) / 32),
+                      MIN_SIZE, cap))  # fmt: skip
+  vgg = box_stats.can_fit(config.model)
+  # The cost the schedule will be planned at: conv3_3's map if it may come.
+  plan_width = (
+    float(config.model.width)
+    if vgg and "model.width" in fixed
+    else RECIPE_WIDTH
+  )
+
+  def stem_at(side: int) -> str:
+    if "model.stem" in fixed or not vgg:
+      return config.model.get("stem", "vgg")
+    return _stem(side)[0]
+
+  def epochs_at(side: int) -> float:
+    cost = budget.seconds_per_image(
+      side, stride4, plan_width, stem_at(side), speed.factor
+    )
+    return budget.TRAIN_SECONDS / stats.num_images / cost
+
+  enough = [
+    s for s in range(floor, cap + 1, 32) if epochs_at(s) >= TARGET_EPOCHS
+  ]
+  return max(enough, default=floor), (
+    f"the largest side that trains >= {TARGET_EPOCHS} epochs in "
+    f"{budget.TRAIN_SECONDS / 60:.1f} min (at the measured cost"
+    + (", counting conv3_3's map" if stride4 else "")
+    + f", {speed.describe()}), at least {floor}, where the small objects "
+    f"(10th percentile of sqrt(wh): {small:.3f} of the image) span >= "
+    f"{min_pixels:g} px, and at most {cap} (the images' ~{image_side:.0f} px)"
+    + (
+      ""
+      if enough
+      else f"; even {floor} px trains only {epochs_at(floor):.0f} epochs"
+    )  # fmt: skip
+  )
+
+
 def _stem(size: int) -> tuple[str, str]:
   """(model.stem, reason) for a VGG model at an input side: space_to_depth
   where the side is even."""
@@ -376,6 +395,83 @@ def replan(
       c = Choice(c.field, *follow[c.field], "recipe")
     new.append(c)
   return new
+
+
+def table_seconds_per_step(choices: Sequence[Choice], batch_size: int) -> float:
+  """The cost table's seconds per training step (speed 1) for the model the
+  choices describe: `budget.seconds_per_image` at their input size, conv3_3
+  map, width and stem (VGG16's stem, `budget.COST_WIDTH` and no conv3_3 map
+  where they have none, as `choose` plans the zoo), times the batch."""
+  by = {c.field: c.value for c in choices}
+  return batch_size * budget.seconds_per_image(
+    int(by["model.image_size"]),
+    bool(by.get("model.conv3_3_map", False)),
+    float(by.get("model.width", budget.COST_WIDTH)),
+    str(by.get("model.stem", "vgg")),
+  )
+
+
+def rechoose(
+  stats: box_stats.DatasetStats,
+  config: ml_collections.ConfigDict,
+  fixed: Collection[str],
+  choices: Sequence[Choice],
+  step: int,
+  seconds_per_step: float,
+) -> list[Choice] | None:
+  """New choices when the run's own speed clearly gives another input size.
+
+  The plan's input size follows from the speed probe
+  (`budget.machine_speed`), a coarse measure (it read 1.30x where the run's
+  steps then ran 1.55x the cost table's time). Once the run has timed its
+  steps, the size rule runs again at the speed they give
+  (`budget.speed_from_steps`). When the run's size lies outside the sizes
+  it picks at speeds `RECHOOSE_MARGIN` either side (starting again costs
+  about a tenth of the time: not worth it near the rule's boundary),
+  `choose` gives the new choices at the measured speed; the caller starts
+  the run again with them and fits their steps to the time left (`replan`
+  at step 0).
+
+  Args:
+    stats: the training split's boxes, as `choose` took them.
+    config: the config `choose` adapted (before its choices were applied).
+    fixed: the fields set on the command line, as `choose` kept them.
+    choices: the run's choices.
+    step: the steps done (for the reason).
+    seconds_per_step: the measured seconds per step, compilation excluded.
+
+  Returns:
+    `choose`'s choices at the measured speed (the size's reason says it
+    was re-chosen, and from what), or None when the size stays or was not
+    the recipe's to choose.
+  """
+  by = {c.field: c for c in choices}
+  size = by.get("model.image_size")
+  if size is None or size.source != "recipe" or not seconds_per_step > 0:
+    return None
+  table = table_seconds_per_step(choices, int(config.batch_size))
+  speed = budget.speed_from_steps(seconds_per_step, table)
+  # The sizes speeds RECHOOSE_MARGIN faster and slower give (the rule takes
+  # smaller sizes at slower speeds): the run's size is clearly wrong only
+  # outside them.
+  largest, smallest = (
+    _image_size(stats, config, fixed, speed._replace(factor=f))[0]
+    for f in (
+      speed.factor * (1 - RECHOOSE_MARGIN),
+      speed.factor * (1 + RECHOOSE_MARGIN),
+    )
+  )
+  if smallest <= size.value <= largest:
+    return None
+  out = []
+  for c in choose(stats, config, fixed, speed):
+    if c.field == "model.image_size":
+      c = c._replace(
+        reason=f"re-chosen at step {step} from the run's own speed (the "
+        f"probe's had given {size.value} px): {c.reason}"
+      )
+    out.append(c)
+  return out
 
 
 def _flip_test(

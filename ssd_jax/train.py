@@ -377,16 +377,18 @@ def adapt(
 
 
 class _Replan:
-  """Times a fresh quick-recipe run's first steps and re-plans its length.
+  """Times a fresh quick-recipe run's first steps and re-plans it.
 
-  `recipe.replan` turns the measured speed into the steps that fit the
-  run's time (`budget.replan_steps`); the loop then rebuilds the step's
-  settings (the schedule is part of them). Only for a run that chose its
-  steps now, starts at step 0, runs on one process (every process would
-  have to agree on the steps) and is planned at >= `10 *
-  (budget.REPLAN_WARMUP_STEPS + budget.REPLAN_STEPS)` steps (no checkpoint
-  or evaluation falls among the timed steps; shorter runs take a minute or
-  two).
+  `recipe.rechoose` takes the measured speed to `recipe.choose` again: when
+  that gives another input size, the run starts again at it (see
+  `train_and_evaluate`). Otherwise `recipe.replan` turns the speed into the
+  steps that fit the run's time (`budget.replan_steps`); the loop then
+  rebuilds the step's settings (the schedule is part of them). Only for a
+  run that chose its steps now, starts at step 0, runs on one process
+  (every process would have to agree on the steps) and is planned at >=
+  `10 * (budget.REPLAN_WARMUP_STEPS + budget.REPLAN_STEPS)` steps (no
+  checkpoint or evaluation falls among the timed steps; shorter runs take
+  a minute or two).
 
   The loop calls `after_step(step)` once each step has been dispatched and
   the previous one has finished (the loop fetches its metrics). The timed
@@ -395,14 +397,36 @@ class _Replan:
   compilation ran ~8% slower than the run's average on shapes10).
   """
 
-  def __init__(self, choices: list, start: float):
+  def __init__(self, choices, start, rechoose, setup_seconds):
     self.choices = choices
     self.start = start  # When training started (before reading the data).
+    self.rechoose = rechoose  # None, or (config, fixed) for recipe.choose.
+    self.setup_seconds = setup_seconds  # Fitting boxes, building, init.
     self.loop_start = time.monotonic()
     self.first_end = None  # When step 1 had finished.
 
   @classmethod
-  def create(cls, choices, start_step: int, start: float) -> "_Replan | None":
+  def create(
+    cls,
+    choices: list,
+    start_step: int,
+    start: float,
+    rechoose: tuple | None = None,
+    setup_seconds: float = 0.0,
+  ) -> "_Replan | None":
+    """The re-plan of a run, or None where there is none (see the class).
+
+    Args:
+      choices: the run's recipe choices.
+      start_step: the step the run starts at.
+      start: `time.monotonic()` when training started.
+      rechoose: (the config `recipe.choose` adapted, the fields set on the
+        command line) to choose the size again from the timed steps; None:
+        re-plan the steps only.
+      setup_seconds: what the run took from its choices to its loop
+        (fitting the default boxes, building, initialising), part of what
+        starting again costs.
+    """
     planned = [
       c for c in choices if c.field == "num_steps" and c.source == "recipe"
     ]
@@ -414,10 +438,19 @@ class _Replan:
       or jax.process_count() != 1
     ):
       return None
-    return cls(list(choices), start)
+    return cls(list(choices), start, rechoose, setup_seconds)
 
-  def after_step(self, step: int) -> list | None:
-    """The re-planned choices when due (once, after the timed steps)."""
+  def after_step(
+    self, step: int, can_restart: bool = True
+  ) -> tuple[list, bool] | None:
+    """When due (once, after the timed steps): (the new choices, whether
+    the run must start again at them), or None.
+
+    Args:
+      step: the steps dispatched.
+      can_restart: False once the run holds a checkpoint (it would mix
+        two models): then only the steps are re-planned.
+    """
     now = time.monotonic()
     warm = budget.REPLAN_WARMUP_STEPS
     if step == warm + 1:  # Steps 1..warm have finished.
@@ -439,9 +472,32 @@ class _Replan:
       compile_seconds,
       now - self.start,
     )
-    return recipe.replan(
-      self.choices, step, now - self.start, per_step, compile_seconds
-    )
+    if self.rechoose is not None and can_restart:
+      config, fixed = self.rechoose
+      stats = box_stats.dataset_stats(config.data, "train")
+      new = recipe.rechoose(stats, config, fixed, self.choices, step, per_step)
+      if new is not None:
+        # Its steps fitted to the time left: at the measured speed scaled
+        # by the cost table from the old model to the new one, counting
+        # what starting again costs (what this run took from its choices
+        # to its first steps).
+        batch = int(config.batch_size)
+        new_step = (
+          per_step
+          * recipe.table_seconds_per_step(new, batch)
+          / recipe.table_seconds_per_step(self.choices, batch)
+        )
+        fitted = recipe.replan(
+          new,
+          0,
+          time.monotonic() - self.start,
+          new_step,
+          self.setup_seconds + compile_seconds,
+        )
+        return fitted or new, True
+    elapsed = time.monotonic() - self.start
+    new = recipe.replan(self.choices, step, elapsed, per_step, compile_seconds)
+    return None if new is None else (new, False)
 
 
 def train_and_evaluate(
@@ -450,6 +506,13 @@ def train_and_evaluate(
   fixed: Collection[str] = (),
 ) -> dict[str, Any]:
   """Trains with periodic evaluation and checkpoints; resumes by itself.
+
+  A fresh quick-recipe run (`config.recipe="quick"`) times its first steps
+  and re-plans once (`_Replan`): its steps to fit the time, or, when its own
+  speed gives another input size than the probe's (`recipe.rechoose`), it
+  starts again from step 0 at the new choices (new default boxes, model and
+  steps; the first run's few steps are dropped: they trained another
+  model).
 
   Args:
     config: the full config (see configs/).
@@ -468,8 +531,42 @@ def train_and_evaluate(
   start = time.monotonic()
   config_lib.validate_config(config, jax.device_count(), jax.process_count())
   os.makedirs(workdir, exist_ok=True)
+  base = config
   config, choices = adapt(config, workdir, fixed)
+  result = _train(config, choices, workdir, start, rechoose=(base, fixed))
+  if isinstance(result, dict):
+    return result
+  # Started again at the size the run's own speed gives.
+  choices = result
+  if jax.process_index() == 0:  # Boxes first: a crash between keeps both old.
+    boxes = os.path.join(workdir, DEFAULT_BOXES_FILE)
+    if os.path.exists(boxes):  # Fitted again at the new size.
+      os.remove(boxes)
+    recipe.write(workdir, choices)
+  logging.info(
+    "Starting again at step 0 at the input size the timed steps give.\n%s",
+    recipe.format_choices(choices),
+  )
+  config = recipe.apply(base, choices)
+  return _train(
+    config, choices, workdir, start, rechoose=None, may_replan=False
+  )
+
+
+def _train(
+  config: ml_collections.ConfigDict,
+  choices: list,
+  workdir: str,
+  start: float,
+  rechoose: tuple[ml_collections.ConfigDict, Collection[str]] | None,
+  may_replan: bool = True,
+) -> dict[str, Any] | list:
+  """`train_and_evaluate` after the recipe: its summary, or the new choices
+  to start again at (only with `rechoose`: the config `recipe.choose`
+  adapted and the fields set on the command line). `may_replan`: False for a
+  run started again (its steps already fit the time left)."""
   config_lib.validate_config(config, jax.device_count(), jax.process_count())
+  setup_start = time.monotonic()
   config = fit_priors(config, workdir)
   model, names = build(config, workdir)
   settings = step_lib.step_settings(model, config)
@@ -522,11 +619,18 @@ def train_and_evaluate(
   stop = _StopRequest()
   stop.install()
   progress = metrics_lib.Progress(config.num_steps, config.batch_size)
-  replan = _Replan.create(choices, start_step, start)
+  replan = (
+    _Replan.create(
+      choices, start_step, start, rechoose, time.monotonic() - setup_start
+    )
+    if may_replan
+    else None
+  )
   last_map = None
   last_metrics = {}
   pending = None  # (step, device metrics) of the previous step.
   step = start_step
+  saved = False  # A checkpoint of this run (it started without one).
   try:
     while step < config.num_steps:
       batch = next(train_iter)
@@ -539,8 +643,12 @@ def train_and_evaluate(
       if pending is not None:
         last_metrics = _finish_step(pending, writer, progress, config)
       pending = (step, parallel.get, p_metrics)
-      if replan is not None and (choices := replan.after_step(step)):
+      if replan is not None and (plan := replan.after_step(step, not saved)):
         replan = None
+        choices, restart = plan
+        if restart:
+          _finish_step(pending, writer, progress, config)
+          return choices
         if jax.process_index() == 0:
           recipe.write(workdir, choices)
         logging.info("%s", recipe.format_choices(choices))
@@ -565,6 +673,7 @@ def train_and_evaluate(
         writer.write(step, eval_metrics)
       if do_save or is_last or stopping:
         checkpointer.save(step, parallel.get(p_state), metrics=eval_metrics)
+        saved = True
       if stopping:
         logging.warning(
           "Stopped by signal at step %d (checkpoint saved).", step

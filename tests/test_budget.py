@@ -57,6 +57,21 @@ def test_speed_from_probe_is_the_ratio_to_the_reference_within_range():
       budget.speed_from_probe(bad)
 
 
+def test_speed_from_steps_is_the_measured_over_the_table_step():
+  speed = budget.speed_from_steps(0.482, 0.311)
+  assert speed.factor == pytest.approx(0.482 / 0.311)
+  assert speed.step_seconds == (0.482, 0.311) and speed.probe_seconds is None
+  text = speed.describe()
+  assert "1.55x the cost table's time" in text
+  assert "own steps 482 ms against the table's 311" in text
+  lo, hi = budget.SPEED_RANGE
+  assert budget.speed_from_steps(1e-6, 1.0).factor == lo
+  assert budget.speed_from_steps(1e3, 1.0).factor == hi
+  for bad in ((0.0, 1.0), (1.0, 0.0), (float("nan"), 1.0), (1.0, -1.0)):
+    with pytest.raises(ValueError, match="step seconds"):
+      budget.speed_from_steps(*bad)
+
+
 def test_probe_times_a_fixed_gradient():
   with pytest.raises(ValueError, match="repeats"):
     budget.probe_seconds(0)

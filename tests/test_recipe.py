@@ -535,3 +535,80 @@ def test_replan_keeps_what_the_command_line_set():
   assert new["warmup_steps"].value == 7 and new["eval_every"].value == 0
   assert new["warmup_steps"].source == "command line"
   assert new["checkpoint_every"].value == new["num_steps"].value // 5
+
+
+def test_table_seconds_per_step_is_the_cost_table_times_the_batch():
+  stats = _stats(np.full(100, 0.2), num_images=400)
+  choices = recipe.choose(stats, _config())
+  by = _by_field(choices)
+  assert by["model.image_size"].value == 128
+  assert by["model.conv3_3_map"].value is False  # large boxes
+  # By hand: 24.3 ms at 128 px with conv3_3's map, / 1.13 without, x 0.8
+  # with the space-to-depth stem, at the table's width; batch 16.
+  want = 16 * 0.0243 / budget.CONV3_3_COST * budget.SPACE_TO_DEPTH_COST
+  assert recipe.table_seconds_per_step(choices, 16) == pytest.approx(want)
+  # The zoo's choices name no width, stem or map: VGG16's stem, the
+  # table's width, no conv3_3 (as `choose` plans them).
+  zoo = [recipe.Choice("model.image_size", 96, "")]
+  assert recipe.table_seconds_per_step(zoo, 8) == pytest.approx(
+    8 * 0.0139 / budget.CONV3_3_COST
+  )
+
+
+def test_rechoose_takes_the_size_the_runs_own_speed_clearly_gives():
+  stats = _stats(np.full(100, 0.2), num_images=400)
+  config = _config()
+  choices = recipe.choose(stats, config)  # the table's speed: 128 px
+  assert _by_field(choices)["model.image_size"].value == 128
+  table = recipe.table_seconds_per_step(choices, 16)
+  # The steps ran at 2x the table's time: 96 px at 1.8x, 2x and 2.2x.
+  new = recipe.rechoose(stats, config, (), choices, 41, 2.0 * table)
+  by = _by_field(new)
+  assert by["model.image_size"].value == 96
+  reason = by["model.image_size"].reason
+  assert reason.startswith("re-chosen at step 41 from the run's own speed")
+  assert "the probe's had given 128 px" in reason
+  assert "2.00x the cost table's time" in reason and "own steps" in reason
+  # Every other choice is `choose`'s at that speed, in the same order.
+  speed = budget.speed_from_steps(2.0 * table, table)
+  want = _by_field(recipe.choose(stats, config, (), speed))
+  assert list(by) == list(want)
+  for field in set(want) - {"model.image_size"}:
+    assert by[field] == want[field], field
+  assert by["num_steps"].value < _by_field(choices)["num_steps"].value
+  # As fast as the plan: the size stays (the caller re-plans the steps).
+  assert recipe.rechoose(stats, config, (), choices, 41, table) is None
+  # Just past the rule's boundary (5%): within RECHOOSE_MARGIN, kept.
+  cost = budget.seconds_per_image(128, True, stem="space_to_depth")
+  boundary = budget.TRAIN_SECONDS / 400 / cost / recipe.TARGET_EPOCHS
+  near = 1.05 * boundary * table
+  assert recipe.rechoose(stats, config, (), choices, 41, near) is None
+  assert (
+    recipe._image_size(stats, config, (), budget.Speed(1.05 * boundary))[0]
+    == 96
+  )
+  # Clearly wrong even where the new size is not clear: planned at 96 px
+  # (a probe 3x slow) on 240 px images whose steps run just past 160 px's
+  # boundary, where 10% faster gives 160 and 10% slower 128: 128.
+  wide = _stats(np.full(100, 0.2), image_hw=(240, 240), num_images=400)
+  planned = recipe.choose(wide, config, (), budget.Speed(3.0))
+  assert _by_field(planned)["model.image_size"].value == 96
+  cost = budget.seconds_per_image(160, True, stem="space_to_depth")
+  f160 = budget.TRAIN_SECONDS / 400 / cost / recipe.TARGET_EPOCHS
+  sizes = [
+    recipe._image_size(wide, config, (), budget.Speed(f * 1.02 * f160))[0]
+    for f in (0.9, 1.0, 1.1)
+  ]
+  assert sizes == [160, 128, 128]
+  table = recipe.table_seconds_per_step(planned, 16)
+  got = recipe.rechoose(wide, config, (), planned, 41, 1.02 * f160 * table)
+  assert _by_field(got)["model.image_size"].value == 128
+  # A size set on the command line, or no measurement: nothing to choose.
+  config.model.image_size = 128
+  fixed = recipe.choose(stats, config, {"model.image_size"})
+  slow = 4 * recipe.table_seconds_per_step(fixed, 16)
+  assert (
+    recipe.rechoose(stats, config, {"model.image_size"}, fixed, 41, slow)
+    is None
+  )
+  assert recipe.rechoose(stats, _config(), (), choices, 41, 0.0) is None

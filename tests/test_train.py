@@ -512,3 +512,62 @@ def test_quick_recipe_chooses_once_replans_and_eval_rebuilds_the_model(
   result = main.run(config_for_folder(), workdir, mode="eval")
   assert result.step == want
   assert result.mAP == pytest.approx(summary["mAP"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_quick_recipe_starts_again_at_the_size_its_own_steps_give(
+  tmp_path, monkeypatch
+):
+  import minidata
+
+  from ssd_jax import budget, recipe
+
+  minidata.write_vocdevkit(
+    str(tmp_path / "devkit"), years=("2007",), num_images=8, num_test=4
+  )
+
+  def config_for_folder():
+    config = load_config("voc_folder", "small")
+    config.data.root = str(tmp_path / "devkit" / "VOC2007")
+    config.data.train_split, config.data.eval_split = "trainval", "test"
+    config.model.width = 0.125
+    config.batch_size = 4
+    config.eval.batch_size = 4
+    config.eval.num_pictures = 0
+    return config
+
+  # The size rule as the probe sees this machine (64 px) and as the run's
+  # own steps do (96 px); the rule itself is tested in test_recipe.py.
+  rule = recipe._image_size
+
+  def image_size(stats, config, fixed, speed):
+    reason = rule(stats, config, fixed, speed)[1]
+    return (64 if speed.step_seconds is None else 96), reason
+
+  monkeypatch.setattr(recipe, "_image_size", image_size)
+  monkeypatch.setattr(budget, "REPLAN_WARMUP_STEPS", 1)
+  monkeypatch.setattr(budget, "REPLAN_STEPS", 2)
+  monkeypatch.setattr(budget, "RUN_SECONDS", 0.0)  # No time left: a third.
+  config = config_for_folder()
+  config.eval_every = 0
+  workdir = str(tmp_path / "run")
+  summary = train.train_and_evaluate(config, workdir, fixed={"eval_every"})
+  choices = _by_field(recipe.read(workdir))
+  size = choices["model.image_size"]
+  assert size.value == 96
+  assert size.reason.startswith("re-chosen at step 4 from the run's own")
+  assert "the probe's had given 64 px" in size.reason
+  # Started again at step 0, its steps fitted to the time left.
+  steps = choices["num_steps"]
+  assert "re-planned at step 0" in steps.reason
+  planned = int(re.search(r"planned (\d+): ", steps.reason).group(1))
+  want = -(-planned // 3)
+  assert want > 4 and summary["step"] == steps.value == want
+  assert choices["warmup_steps"].value == max(1, want // 20)
+  assert choices["checkpoint_every"].value == want // 5
+  # The default boxes were fitted again, at 96 px, and the run's model,
+  # checkpoint and evaluation are at 96 px.
+  assert train.read_fitted_priors(workdir).image_size == 96
+  model, _, _, step = train.restore_params(config_for_folder(), workdir)
+  assert model.image_size == 96 and step == want
+  assert summary["mAP"] is not None

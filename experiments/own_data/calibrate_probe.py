@@ -41,16 +41,6 @@ import run_recipe  # noqa: E402  (a script beside this one)
 TIMED = re.compile(r"Timed steps \d+-\d+: ([0-9.]+) ms per step")
 
 
-def table_seconds_per_step(choices: dict, batch_size: int) -> float:
-  """The cost table's seconds per step (speed 1) for a run's choices."""
-  return batch_size * budget.seconds_per_image(
-    int(choices["model.image_size"]),
-    bool(choices.get("model.conv3_3_map", False)),
-    float(choices.get("model.width", budget.COST_WIDTH)),
-    str(choices.get("model.stem", "vgg")),
-  )
-
-
 def implied_reference(
   probe_seconds: float, measured_step: float, table_step: float
 ) -> float:
@@ -121,8 +111,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         python=args.python,
       )
       measured = time_steps(command, workdir + ".log", args.timeout_s)
-      choices = {c.field: c.value for c in recipe.read(workdir)}
-      table = table_seconds_per_step(choices, int(config.batch_size))
+      table = recipe.table_seconds_per_step(
+        recipe.read(workdir), int(config.batch_size)
+      )
       run = {
         "set": name,
         "image_size": size,
