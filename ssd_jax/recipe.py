@@ -311,8 +311,8 @@ def _image_size(
     s for s in range(floor, cap + 1, 32) if epochs_at(s) >= TARGET_EPOCHS
   ]
   return max(enough, default=floor), (
-    f"the largest side that trains >= {TARGET_EPOCHS} epochs in "
-    f"{budget.TRAIN_SECONDS / 60:.1f} min (at the measured cost"
+    f"the largest side that plans >= {TARGET_EPOCHS} epochs in "
+    f"{budget.TRAIN_SECONDS / 60:.1f} min of steps (at the measured cost"
     + (", counting conv3_3's map" if stride4 else "")
     + f", {speed.describe()}), at least {floor}, where the small objects "
     f"(10th percentile of sqrt(wh): {small:.3f} of the image) span >= "
