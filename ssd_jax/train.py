@@ -548,9 +548,7 @@ def train_and_evaluate(
     recipe.format_choices(choices),
   )
   config = recipe.apply(base, choices)
-  return _train(
-    config, choices, workdir, start, rechoose=None, may_replan=False
-  )
+  return _train(config, choices, workdir, start, rechoose=None)
 
 
 def _train(
@@ -559,12 +557,11 @@ def _train(
   workdir: str,
   start: float,
   rechoose: tuple[ml_collections.ConfigDict, Collection[str]] | None,
-  may_replan: bool = True,
 ) -> dict[str, Any] | list:
   """`train_and_evaluate` after the recipe: its summary, or the new choices
-  to start again at (only with `rechoose`: the config `recipe.choose`
-  adapted and the fields set on the command line). `may_replan`: False for a
-  run started again (its steps already fit the time left)."""
+  to start again at. `rechoose`: the config `recipe.choose` adapted and the
+  fields set on the command line; None for a run started again (its steps
+  already fit the time left: no re-plan)."""
   config_lib.validate_config(config, jax.device_count(), jax.process_count())
   setup_start = time.monotonic()
   config = fit_priors(config, workdir)
@@ -623,7 +620,7 @@ def _train(
     _Replan.create(
       choices, start_step, start, rechoose, time.monotonic() - setup_start
     )
-    if may_replan
+    if rechoose is not None
     else None
   )
   last_map = None

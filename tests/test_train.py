@@ -434,13 +434,11 @@ def _by_field(choices):
   return {c.field: c for c in choices}
 
 
-@pytest.mark.slow
-def test_quick_recipe_chooses_once_replans_and_eval_rebuilds_the_model(
-  tmp_path, monkeypatch
-):
+def _mini_quick_folder(tmp_path, num_pictures):
+  """Writes a mini VOC2007 folder (8 trainval, 4 test images) under
+  tmp_path; returns a function giving a fresh `voc_folder:small` config
+  (the quick recipe) on it, at width 1/8 and batch 4 (a fast test)."""
   import minidata
-
-  from ssd_jax import budget, recipe
 
   minidata.write_vocdevkit(
     str(tmp_path / "devkit"), years=("2007",), num_images=8, num_test=4
@@ -454,8 +452,19 @@ def test_quick_recipe_chooses_once_replans_and_eval_rebuilds_the_model(
     config.model.width = 0.125
     config.batch_size = 4
     config.eval.batch_size = 4
-    config.eval.num_pictures = 2
+    config.eval.num_pictures = num_pictures
     return config
+
+  return config_for_folder
+
+
+@pytest.mark.slow
+def test_quick_recipe_chooses_once_replans_and_eval_rebuilds_the_model(
+  tmp_path, monkeypatch
+):
+  from ssd_jax import budget, recipe
+
+  config_for_folder = _mini_quick_folder(tmp_path, num_pictures=2)
 
   config = config_for_folder()
   config.eval_every = 0  # As --config.eval_every=0 would: kept.
@@ -518,23 +527,9 @@ def test_quick_recipe_chooses_once_replans_and_eval_rebuilds_the_model(
 def test_quick_recipe_starts_again_at_the_size_its_own_steps_give(
   tmp_path, monkeypatch
 ):
-  import minidata
-
   from ssd_jax import budget, recipe
 
-  minidata.write_vocdevkit(
-    str(tmp_path / "devkit"), years=("2007",), num_images=8, num_test=4
-  )
-
-  def config_for_folder():
-    config = load_config("voc_folder", "small")
-    config.data.root = str(tmp_path / "devkit" / "VOC2007")
-    config.data.train_split, config.data.eval_split = "trainval", "test"
-    config.model.width = 0.125
-    config.batch_size = 4
-    config.eval.batch_size = 4
-    config.eval.num_pictures = 0
-    return config
+  config_for_folder = _mini_quick_folder(tmp_path, num_pictures=0)
 
   # The size rule as the probe sees this machine (64 px) and as the run's
   # own steps do (96 px); the rule itself is tested in test_recipe.py.
