@@ -21,8 +21,8 @@ at start-up:
   many as fit in `budget.TRAIN_SECONDS` at the cost per image measured on 2
   CPU cores, scaled by this machine's speed), with a linear warm-up and
   x0.1 decays at 75% and 92% of the steps, and checkpoints and evaluations
-  spread over the run; after its first steps the run re-plans them from
-  its own speed (`replan`);
+  spread over the run; after its first steps, and again at 40% of them,
+  the run re-plans them from its own speed (`replan`, `train._Replan`);
 - `data.augment_config`: the paper's photometric distortions and mirror,
   with zoom-out only as far as the small objects stay `MIN_ZOOMED_PIXELS`
   wide, and mild random patches instead of the IoU crops (on a 10-minute

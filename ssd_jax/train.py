@@ -377,33 +377,54 @@ def adapt(
 
 
 class _Replan:
-  """Times a fresh quick-recipe run's first steps and re-plans it.
+  """Times a fresh quick-recipe run's steps and re-plans it, twice.
 
-  `recipe.rechoose` takes the measured speed to `recipe.choose` again: when
-  that gives another input size, the run starts again at it (see
-  `train_and_evaluate`). Otherwise `recipe.replan` turns the speed into the
-  steps that fit the run's time (`budget.replan_steps`); the loop then
-  rebuilds the step's settings (the schedule is part of them). Only for a
-  run that chose its steps now, starts at step 0, runs on one process
-  (every process would have to agree on the steps) and is planned at >=
-  `10 * (budget.REPLAN_WARMUP_STEPS + budget.REPLAN_STEPS)` steps (no
-  checkpoint or evaluation falls among the timed steps; shorter runs take
-  a minute or two).
+  First, once `budget.REPLAN_STEPS` steps are timed after the first
+  `budget.REPLAN_WARMUP_STEPS` (compilation, then the input pipeline and
+  allocator warming up: the steps right after the compilation ran ~8%
+  slower than the run's average on shapes10): `recipe.rechoose` takes the
+  measured speed to `recipe.choose` again; when that gives another input
+  size, the run starts again at it (see `train_and_evaluate`). Otherwise
+  `recipe.replan` turns the speed into the steps that fit the run's time
+  (`budget.replan_steps`); the loop then rebuilds the step's settings (the
+  schedule is part of them).
+
+  Then, at `budget.LATE_REPLAN_AT` of the steps, `recipe.replan` again at
+  the speed of the steps since the first re-plan (the machine's speed
+  moves within minutes), leaving out the recompiled step and its warm-up
+  and the time the loop spent evaluating and saving (it calls `resume`
+  after them). A run started again at a new size (`first=False`) had its
+  steps fitted to the time left when it started: the late re-plan only.
+
+  Only for a run that chose its steps now, starts at step 0, runs on one
+  process (every process would have to agree on the steps) and is planned
+  at >= `10 * (budget.REPLAN_WARMUP_STEPS + budget.REPLAN_STEPS)` steps (no
+  checkpoint or evaluation falls among the first timed steps; shorter runs
+  take a minute or two).
 
   The loop calls `after_step(step)` once each step has been dispatched and
-  the previous one has finished (the loop fetches its metrics). The timed
-  steps start after `budget.REPLAN_WARMUP_STEPS` (compilation, then the
-  input pipeline and allocator warming up: the steps right after the
-  compilation ran ~8% slower than the run's average on shapes10).
+  the previous one has finished (the loop fetches its metrics), and
+  `resume()` after an evaluation or a checkpoint; `done` once nothing is
+  left to re-plan.
   """
 
-  def __init__(self, choices, start, rechoose, setup_seconds):
+  def __init__(self, choices, start, rechoose, setup_seconds, first=True):
     self.choices = choices
     self.start = start  # When training started (before reading the data).
     self.rechoose = rechoose  # None, or (config, fixed) for recipe.choose.
     self.setup_seconds = setup_seconds  # Fitting boxes, building, init.
+    self.first = first  # The first re-plan is still to come.
     self.loop_start = time.monotonic()
-    self.first_end = None  # When step 1 had finished.
+    self.first_end = None  # When step REPLAN_WARMUP_STEPS had finished.
+    self.step1_seconds = None  # Step 1: compilation and one step.
+    self.compile_seconds = None  # Measured by the first re-plan.
+    # The late re-plan's clock: the steps after `late_from`, each from the
+    # previous call (or `resume`) to its own.
+    self.late_from = None if first else budget.REPLAN_WARMUP_STEPS
+    self.late_step = None if first else self._late_step()
+    self.late_seconds, self.late_steps = 0.0, 0
+    self.last = None
+    self.done = False
 
   @classmethod
   def create(
@@ -413,6 +434,7 @@ class _Replan:
     start: float,
     rechoose: tuple | None = None,
     setup_seconds: float = 0.0,
+    first: bool = True,
   ) -> "_Replan | None":
     """The re-plan of a run, or None where there is none (see the class).
 
@@ -421,11 +443,12 @@ class _Replan:
       start_step: the step the run starts at.
       start: `time.monotonic()` when training started.
       rechoose: (the config `recipe.choose` adapted, the fields set on the
-        command line) to choose the size again from the timed steps; None:
-        re-plan the steps only.
+        command line) to choose the size again from the first timed steps;
+        None: re-plan the steps only.
       setup_seconds: what the run took from its choices to its loop
         (fitting the default boxes, building, initialising), part of what
         starting again costs.
+      first: False for a run started again: the late re-plan only.
     """
     planned = [
       c for c in choices if c.field == "num_steps" and c.source == "recipe"
@@ -438,13 +461,24 @@ class _Replan:
       or jax.process_count() != 1
     ):
       return None
-    return cls(list(choices), start, rechoose, setup_seconds)
+    return cls(list(choices), start, rechoose, setup_seconds, first)
+
+  def _late_step(self) -> int | None:
+    """The late re-plan's step for the current plan, if it leaves
+    `budget.REPLAN_STEPS` timed steps after `late_from`."""
+    steps = int({c.field: c for c in self.choices}["num_steps"].value)
+    late = int(budget.LATE_REPLAN_AT * steps)
+    return late if late - self.late_from >= budget.REPLAN_STEPS else None
+
+  def resume(self) -> None:
+    """The loop evaluated or saved since the last step: not a step's time."""
+    self.last = time.monotonic()
 
   def after_step(
     self, step: int, can_restart: bool = True
   ) -> tuple[list, bool] | None:
-    """When due (once, after the timed steps): (the new choices, whether
-    the run must start again at them), or None.
+    """When due: (the new choices, whether the run must start again at
+    them), or None.
 
     Args:
       step: the steps dispatched.
@@ -452,17 +486,54 @@ class _Replan:
         two models): then only the steps are re-planned.
     """
     now = time.monotonic()
+    if step == 1:
+      self.step1_seconds = now - self.loop_start
+    if (
+      self.late_from is not None
+      and self.last is not None
+      and step > self.late_from
+    ):
+      self.late_seconds += now - self.last
+      self.late_steps += 1
+    self.last = now
+    if self.first:
+      return self._first(step, now, can_restart)
+    if step != self.late_step:
+      return None
+    self.done = True
+    per_step = self.late_seconds / self.late_steps
+    compile_seconds = self.compile_seconds
+    if compile_seconds is None:  # Started again: step 1 less a step.
+      compile_seconds = max(0.0, (self.step1_seconds or 0.0) - per_step)
+    elapsed = now - self.start
+    logging.info(
+      "Timed steps %d-%d: %.1f ms per step (%.0f s since the start)",
+      self.late_from + 1,
+      step - 1,
+      per_step * 1e3,
+      elapsed,
+    )
+    new = recipe.replan(self.choices, step, elapsed, per_step, compile_seconds)
+    if new is None:
+      return None
+    self.choices = new
+    return new, False
+
+  def _first(self, step, now, can_restart):
+    """The first re-plan (see the class), when due."""
     warm = budget.REPLAN_WARMUP_STEPS
     if step == warm + 1:  # Steps 1..warm have finished.
       self.first_end = now
     # At step warm + 1 + REPLAN_STEPS, steps warm + 1.. step - 1 are timed.
     if self.first_end is None or step != warm + 1 + budget.REPLAN_STEPS:
       return None
+    self.first = False
     per_step = (now - self.first_end) / budget.REPLAN_STEPS
     # Step 1 compiled: what steps 1..warm took beyond steps is compilation.
     compile_seconds = max(
       0.0, self.first_end - self.loop_start - warm * per_step
     )
+    self.compile_seconds = compile_seconds
     logging.info(
       "Timed steps %d-%d: %.1f ms per step (%.1f s compiling, %.1f s since "
       "the start)",
@@ -494,9 +565,17 @@ class _Replan:
           new_step,
           self.setup_seconds + compile_seconds,
         )
+        self.done = True
         return fitted or new, True
     elapsed = time.monotonic() - self.start
     new = recipe.replan(self.choices, step, elapsed, per_step, compile_seconds)
+    # The late re-plan times the steps after this one (and, when the step
+    # is compiled again, after its warm-up).
+    self.late_from = step + (warm if new is not None else 0)
+    if new is not None:
+      self.choices = new
+    self.late_step = self._late_step()
+    self.done = self.late_step is None
     return None if new is None else (new, False)
 
 
@@ -561,7 +640,7 @@ def _train(
   """`train_and_evaluate` after the recipe: its summary, or the new choices
   to start again at. `rechoose`: the config `recipe.choose` adapted and the
   fields set on the command line; None for a run started again (its steps
-  already fit the time left: no re-plan)."""
+  already fit the time left: the late re-plan only)."""
   config_lib.validate_config(config, jax.device_count(), jax.process_count())
   setup_start = time.monotonic()
   config = fit_priors(config, workdir)
@@ -616,12 +695,14 @@ def _train(
   stop = _StopRequest()
   stop.install()
   progress = metrics_lib.Progress(config.num_steps, config.batch_size)
-  replan = (
-    _Replan.create(
-      choices, start_step, start, rechoose, time.monotonic() - setup_start
-    )
-    if rechoose is not None
-    else None
+  # A run started again (`rechoose` None) has the late re-plan only.
+  replan = _Replan.create(
+    choices,
+    start_step,
+    start,
+    rechoose,
+    time.monotonic() - setup_start,
+    first=rechoose is not None,
   )
   last_map = None
   last_metrics = {}
@@ -640,8 +721,10 @@ def _train(
       if pending is not None:
         last_metrics = _finish_step(pending, writer, progress, config)
       pending = (step, parallel.get, p_metrics)
-      if replan is not None and (plan := replan.after_step(step, not saved)):
+      plan = None if replan is None else replan.after_step(step, not saved)
+      if replan is not None and replan.done:
         replan = None
+      if plan:
         choices, restart = plan
         if restart:
           _finish_step(pending, writer, progress, config)
@@ -671,6 +754,8 @@ def _train(
       if do_save or is_last or stopping:
         checkpointer.save(step, parallel.get(p_state), metrics=eval_metrics)
         saved = True
+      if replan is not None and (do_eval or do_save):
+        replan.resume()  # Not a step's time.
       if stopping:
         logging.warning(
           "Stopped by signal at step %d (checkpoint saved).", step

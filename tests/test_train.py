@@ -434,6 +434,106 @@ def _by_field(choices):
   return {c.field: c for c in choices}
 
 
+def _plan(steps):
+  """A quick-recipe plan of `steps` steps: the fields a re-plan changes."""
+  from ssd_jax import budget, recipe
+
+  follow = budget.follow_steps(steps, "piecewise")
+  return [
+    recipe.Choice("lr_schedule", "piecewise", "", "recipe"),
+    recipe.Choice("num_steps", steps, "the plan", "recipe"),
+    *(recipe.Choice(f, v, r, "recipe") for f, (v, r) in follow.items()),
+  ]
+
+
+class _Clock:
+  """time.monotonic, moved by hand."""
+
+  def __init__(self, now):
+    self.now = now
+
+  def monotonic(self):
+    return self.now
+
+
+def _loop(replan, clock, seconds, until, pauses=None):
+  """The training loop's calls to `replan` for steps 1..until, step k
+  taking seconds(k) and followed by pauses[k] seconds of evaluating or
+  saving; {step: what after_step returned} where it was not None."""
+  plans = {}
+  for step in range(1, until + 1):
+    clock.now += seconds(step)
+    if (plan := replan.after_step(step)) is not None:
+      plans[step] = plan
+    if step in (pauses or {}):
+      clock.now += pauses[step]
+      replan.resume()
+  return plans
+
+
+def test_replan_times_the_steps_twice_leaving_out_compiling_and_saving(
+  monkeypatch,
+):
+  from ssd_jax import budget
+
+  clock = _Clock(30.0)  # 30 s of start-up.
+  monkeypatch.setattr(train, "time", clock)
+  replan = train._Replan.create(_plan(1000), 0, start=0.0)
+  assert replan is not None and not replan.done
+
+  # Step 1 compiles (20 s), steps run 0.5 s, then the step compiles again
+  # after the first re-plan (step 42), and from step 52 the machine runs
+  # 1.5x slower; saving at the new plan's first checkpoint takes 7 s.
+  def seconds(step):
+    return {1: 20.5, 42: 20.5}.get(step, 0.5 if step <= 51 else 0.75)
+
+  plans = _loop(replan, clock, seconds, 600, pauses={178: 7.0})
+  assert sorted(plans) == [41, 356] and replan.done
+  # First: steps 11-40 at 0.5 s, 70.5 s gone, 20.5 s of compiling (step 1
+  # beyond a step): (540 - 70.5 - 20.5 - 2 * 12) / 0.5 = 850 more steps.
+  first, restart = plans[41]
+  assert not restart
+  n1 = _by_field(first)["num_steps"]
+  assert n1.value == 41 + 850 == 891
+  assert n1.reason.startswith("re-planned at step 41") and "500 ms" in n1.reason
+  assert _by_field(first)["checkpoint_every"].value == 178
+  # Late, at 40% of 891: steps 52-355 at 0.75 s (the recompiled step, its
+  # warm-up and the 7 s save left out), 331.25 s gone: 219 more.
+  assert 356 == int(budget.LATE_REPLAN_AT * 891)
+  gone = 70.5 + 20.5 + 9 * 0.5 + 304 * 0.75 + 7.0 + 0.75
+  assert gone == 331.25
+  late, restart = plans[356]
+  assert not restart
+  n2 = _by_field(late)["num_steps"]
+  assert n2.value == 356 + int((540 - gone - 20.5 - 2 * 12) / 0.75) == 575
+  assert n2.reason.startswith("re-planned at step 356")
+  assert "750 ms" in n2.reason
+  assert n2.reason.count("re-planned") == 2  # the history, newest first
+  assert _by_field(late)["lr_boundaries"].value == (431, 529)
+
+
+def test_replan_of_a_run_started_again_is_the_late_one_only(monkeypatch):
+  clock = _Clock(100.0)
+  monkeypatch.setattr(train, "time", clock)
+  # Steps at the speed its plan assumed: the late re-plan keeps them.
+  replan = train._Replan.create(_plan(832), 0, start=0.0, first=False)
+  assert replan.late_from == 10 and replan.late_step == 332
+  assert _loop(replan, clock, lambda k: 0.5, 832) == {} and replan.done
+  # Slower: re-planned at 40% from steps 11-400, compiling = step 1 less a
+  # step (19.75 s).
+  clock = _Clock(100.0)
+  monkeypatch.setattr(train, "time", clock)
+  replan = train._Replan.create(_plan(1000), 0, start=0.0, first=False)
+  plans = _loop(replan, clock, lambda k: 20.5 if k == 1 else 0.75, 400)
+  ((step, (late, restart)),) = plans.items()
+  gone = 100.0 + 20.5 + 399 * 0.75
+  left = 540 - gone - 19.75 - 2 * 12
+  assert step == 400 and not restart
+  assert _by_field(late)["num_steps"].value == 400 + int(left / 0.75)
+  # Too short a run for both: none (see _Replan).
+  assert train._Replan.create(_plan(399), 0, start=0.0) is None
+
+
 def _mini_quick_folder(tmp_path, num_pictures):
   """Writes a mini VOC2007 folder (8 trainval, 4 test images) under
   tmp_path; returns a function giving a fresh `voc_folder:small` config
@@ -471,20 +571,24 @@ def test_quick_recipe_chooses_once_replans_and_eval_rebuilds_the_model(
   config.model.image_size = 64  # Kept too (small: a fast test).
   fixed = {"eval_every", "model.image_size"}
   # The steps are the recipe's: re-planned after 1 + 2 timed steps, for a
-  # run with no time left, to the floor of a third of the plan.
+  # run with no time left, to the floor of a third of the plan, and again
+  # at 40% of those (still no time: one more step, or a third).
   monkeypatch.setattr(budget, "REPLAN_WARMUP_STEPS", 1)
   monkeypatch.setattr(budget, "REPLAN_STEPS", 2)
   monkeypatch.setattr(budget, "RUN_SECONDS", 0.0)
   workdir = str(tmp_path / "run")
   summary = train.train_and_evaluate(config, workdir, fixed=fixed)
   choices = {c.field: c for c in recipe.read(workdir)}
-  # The plan (at the probed machine speed) is quoted in the re-plan's reason.
+  # The plan (at the probed machine speed) is quoted in the re-plans'
+  # reason, the latest first.
   reason = choices["num_steps"].reason
-  assert "re-planned at step 4" in reason
-  planned = int(re.search(r"planned (\d+): ", reason).group(1))
+  late_at, first_at = map(int, re.findall(r"re-planned at step (\d+)", reason))
+  replanned, planned = map(int, re.findall(r"planned (\d+): ", reason))
   assert "for this machine" in reason  # the plan's reason, with its speed
-  want = -(-planned // 3)
-  assert planned >= 30 and want > 4
+  assert first_at == 4 and planned >= 30 and replanned == -(-planned // 3)
+  assert late_at == int(budget.LATE_REPLAN_AT * replanned) >= 5 + 2
+  want = max(late_at + 1, -(-replanned // 3))
+  assert want > 4 and want != replanned
   assert summary["step"] == want
   assert choices["num_steps"].value == want
   assert choices["warmup_steps"].value == max(1, want // 20)
@@ -553,10 +657,13 @@ def test_quick_recipe_starts_again_at_the_size_its_own_steps_give(
   assert size.reason.startswith("re-chosen at step 4 from the run's own")
   assert "the probe's had given 64 px" in size.reason
   # Started again at step 0, its steps fitted to the time left.
+  # Then re-planned at 40% of those (no time left: one more step).
   steps = choices["num_steps"]
-  assert "re-planned at step 0" in steps.reason
-  planned = int(re.search(r"planned (\d+): ", steps.reason).group(1))
-  want = -(-planned // 3)
+  late_at, at = map(int, re.findall(r"re-planned at step (\d+)", steps.reason))
+  fitted, planned = map(int, re.findall(r"planned (\d+): ", steps.reason))
+  assert at == 0 and fitted == -(-planned // 3)
+  assert late_at == int(budget.LATE_REPLAN_AT * fitted) >= 1 + 2
+  want = max(late_at + 1, -(-fitted // 3))
   assert want > 4 and summary["step"] == steps.value == want
   assert choices["warmup_steps"].value == max(1, want // 20)
   assert choices["checkpoint_every"].value == want // 5
