@@ -7,15 +7,15 @@ nobody tuned it for most depends on, and to log each choice with its reason
 at start-up:
 
 - `model.image_size`: the largest multiple of 32 that still trains
-  `TARGET_EPOCHS` epochs in the time (`budget.seconds_per_image` at this
-  machine's speed, `budget.machine_speed`), but at least
-  the side where the small objects (the 10th percentile of the boxes'
-  sqrt(w h)) span `MIN_OBJECT_PIXELS` pixels (`MIN_OBJECT_PIXELS_STRIDE4`
-  for a VGG model, which can take conv3_3's stride-4 map), within
-  [`MIN_SIZE`, `MAX_SIZE`] and no larger than the images themselves (a 120
-  px image is not upsampled to 256); chosen again from the run's own
-  timed steps when they clearly give another size (`rechoose`: the run
-  then starts again at it);
+  `target_epochs` epochs (`TARGET_EPOCHS`, more above `TARGET_SIDE`) in
+  the time (`budget.seconds_per_image` at this machine's speed,
+  `budget.machine_speed`), but at least the side where the small objects
+  (the 10th percentile of the boxes' sqrt(w h)) span `MIN_OBJECT_PIXELS`
+  pixels (`MIN_OBJECT_PIXELS_STRIDE4` for a VGG model, which can take
+  conv3_3's stride-4 map), within [`MIN_SIZE`, `MAX_SIZE`] and no larger
+  than the images themselves (a 120 px image is not upsampled to 256);
+  chosen again from the run's own timed steps when they clearly give
+  another size (`rechoose`: the run then starts again at it);
 - `num_steps`: `epochs` passes over the training split, where `epochs`
   falls with the dataset's size, the input size and conv3_3's map (as
   many as fit in `budget.TRAIN_SECONDS` at the cost per image measured on 2
@@ -91,8 +91,14 @@ MAX_SIZE = 256
 # shapes10 0.630 at 128 / 36 and 0.535 at 128 / 29 against 0.646 at 96 /
 # 58), and more pixels stop paying below that (small_crowded 0.799 at 128
 # / 52, its small objects 5.4 px, against 0.778 at 160 / 38; at width 1/4,
-# 0.44 at 192 / 15). 45 planned epochs are ~38 trained.
+# 0.44 at 192 / 15). 45 planned epochs are ~38 trained. Above
+# TARGET_SIDE a side must plan more, in proportion to its pixels
+# (`target_epochs`: 70 at 160 px): in four pairs of whole runs 160 px lost
+# to 128 px at 38-62 epochs run, by less with more (small_crowded
+# -0.021 at 38, -0.024 at 44, -0.019 at 40 of 300 images; mixed_sizes,
+# 225 images, -0.011 at 62; own_data_2026-12-02_160_vs_128.md).
 TARGET_EPOCHS = 45
+TARGET_SIDE = 128
 MIN_OBJECT_PIXELS = 12.0
 MIN_OBJECT_PIXELS_STRIDE4 = 5.0
 # The VGG models' width (channel multiplier) for the quick run: 3/16 of
@@ -192,8 +198,7 @@ def choose(
     choices.append(Choice(field, value, reason, source))
     return value
 
-  sizes = box_stats.box_size(stats.boxes)  # [M] sqrt(w h), normalised
-  small = float(np.quantile(sizes, 0.1))
+  small = _small_objects(stats)
   vgg = box_stats.can_fit(config.model)
   size = pick("model.image_size", *_image_size(stats, config, fixed, speed))
   if vgg:  # The zoo brings its own boxes, BatchNorm and widths.
@@ -273,15 +278,21 @@ def choose(
   return choices
 
 
+def _small_objects(stats: box_stats.DatasetStats) -> float:
+  """The small objects' size the recipe plans for: the 10th percentile of
+  the training boxes' sqrt(w h), as a fraction of the image side."""
+  return float(np.quantile(box_stats.box_size(stats.boxes), 0.1))
+
+
 def _image_size(
   stats: box_stats.DatasetStats,
   config: ml_collections.ConfigDict,
   fixed: Collection[str],
   speed: budget.Speed,
 ) -> tuple[int, str]:
-  """(model.image_size, reason): the size rule (see `TARGET_EPOCHS`)."""
-  sizes = box_stats.box_size(stats.boxes)  # [M] sqrt(w h), normalised
-  small = float(np.quantile(sizes, 0.1))
+  """(model.image_size, reason): the size rule (see `TARGET_EPOCHS`,
+  `target_epochs`)."""
+  small = _small_objects(stats)
   image_side = float(np.median(stats.image_sizes.max(axis=1)))
   stride4 = _may_take_conv3_3(config, fixed)
   min_pixels = MIN_OBJECT_PIXELS_STRIDE4 if stride4 else MIN_OBJECT_PIXELS
@@ -308,10 +319,12 @@ def _image_size(
     return budget.TRAIN_SECONDS / stats.num_images / cost
 
   enough = [
-    s for s in range(floor, cap + 1, 32) if epochs_at(s) >= TARGET_EPOCHS
+    s for s in range(floor, cap + 1, 32) if epochs_at(s) >= target_epochs(s)
   ]
+  above = f"{target_epochs(TARGET_SIDE + 32):.0f} at {TARGET_SIDE + 32} px"
   return max(enough, default=floor), (
-    f"the largest side that plans >= {TARGET_EPOCHS} epochs in "
+    f"the largest side that plans >= {TARGET_EPOCHS} epochs (more above "
+    f"{TARGET_SIDE} px, in proportion to the pixels: {above}) in "
     f"{budget.TRAIN_SECONDS / 60:.1f} min of steps (at the measured cost"
     + (", counting conv3_3's map" if stride4 else "")
     + f", {speed.describe()}), at least {floor}, where the small objects "
@@ -323,6 +336,16 @@ def _image_size(
       else f"; even {floor} px trains only {epochs_at(floor):.0f} epochs"
     )  # fmt: skip
   )
+
+
+def target_epochs(side: int) -> float:
+  """The planned epochs the size rule asks of an input side.
+
+  `TARGET_EPOCHS` up to `TARGET_SIDE`, in proportion to the pixels above
+  it (70.3 at 160 px, 101 at 192, 180 at 256 for 45 at 128; more than
+  `MAX_EPOCHS` only where few images leave time to spare).
+  """
+  return TARGET_EPOCHS * max(1.0, (side / TARGET_SIDE) ** 2)
 
 
 def _stem(size: int) -> tuple[str, str]:

@@ -47,7 +47,8 @@ def _size_rule(
   stem="space_to_depth",
   speed=1.0,
 ):
-  """The rule by hand: the largest side with TARGET_EPOCHS, >= the floor."""
+  """The rule by hand: the largest side that plans its epochs (TARGET_EPOCHS,
+  x (side / 128)^2 above 128 px), >= the floor."""
   w, h = (stats.boxes[:, 2:] - stats.boxes[:, :2]).T
   small = np.quantile(np.sqrt(w * h), 0.1)
   pixels = recipe.MIN_OBJECT_PIXELS_STRIDE4 if stride4 else 12.0
@@ -59,9 +60,39 @@ def _size_rule(
     if budget.TRAIN_SECONDS
     / stats.num_images
     / budget.seconds_per_image(side, stride4, width, stem, speed)
-    >= recipe.TARGET_EPOCHS
+    >= recipe.TARGET_EPOCHS * max(1, (side / 128) ** 2)
   ]
   return max(ok, default=floor), floor
+
+
+def test_sides_above_128_px_must_plan_more_epochs():
+  # In proportion to the pixels above 128 px: (160 / 128)^2 = 1.5625.
+  target = recipe.TARGET_EPOCHS
+  assert recipe.target_epochs(96) == recipe.target_epochs(128) == target
+  assert recipe.target_epochs(160) == pytest.approx(1.5625 * target)
+  assert recipe.target_epochs(256) == pytest.approx(4 * target)
+  config = _config()
+  stats = _stats(np.full(100, 0.2), image_hw=(200, 200), num_images=400)
+
+  def epochs(side, factor):
+    cost = budget.seconds_per_image(side, True, stem="space_to_depth")
+    return budget.TRAIN_SECONDS / 400 / (cost * factor)
+
+  # 400 images of 200 px, 0.85x the table's time: 160 px plans ~51
+  # epochs, enough for 128 px's target but not for its own: 128 px.
+  assert recipe.TARGET_EPOCHS < epochs(160, 0.85) < recipe.target_epochs(160)
+  size, reason = recipe._image_size(stats, config, (), budget.Speed(0.85))
+  assert size == 128 == _size_rule(stats, speed=0.85)[0]
+  assert "more above 128 px, in proportion to the pixels: 70 at 160 px" in (
+    reason
+  )
+  # Where 160 px plans its 70.3 (just faster) it is taken, and 192 px
+  # (101 epochs) is not.
+  fast = 0.99 * epochs(160, 1.0) / recipe.target_epochs(160)
+  assert epochs(192, fast) < recipe.target_epochs(192)
+  for factor, want in ((fast, 160), (fast / 0.97, 128)):
+    speed = budget.Speed(factor)
+    assert recipe._image_size(stats, config, (), speed)[0] == want
 
 
 def test_image_size_trains_enough_epochs_above_the_small_objects():
@@ -77,9 +108,10 @@ def test_image_size_trains_enough_epochs_above_the_small_objects():
     got[n] = choice.value
     assert choice.value % 32 == 0
     assert recipe.MIN_SIZE <= choice.value <= recipe.MAX_SIZE
-  # Fewer images, more pixels: 50 images take 256 px (the largest), 400
-  # take 128 (66 epochs; 160 would give 43), 1600 the floor (29 epochs).
-  assert (got[50], got[400], got[1600]) == (256, 128, 96)
+  # Fewer images, more pixels: 50 images take 224 px (167 epochs, its
+  # target 138; 256 px would plan 125 of its 180), 400 take 128 (66
+  # epochs; 160 would give 43), 1600 the floor (29 epochs).
+  assert (got[50], got[400], got[1600]) == (224, 128, 96)
   assert (
     "even 96 px trains only 29 epochs"
     in _by_field(recipe.choose(_stats(boxes, (480, 640), 1600), config))[
@@ -407,7 +439,7 @@ def test_epochs_fill_the_training_time_at_the_measured_cost():
   config = _config()
   rng = np.random.default_rng(4)
   seen = set()
-  for n in (250, 400):
+  for n in (200, 400):
     stats = _stats(rng.uniform(0.02, 0.3, 300), num_images=n)
     by = _by_field(recipe.choose(stats, config))
     cost = budget.seconds_per_image(
@@ -594,7 +626,7 @@ def test_rechoose_takes_the_size_the_runs_own_speed_clearly_gives():
   planned = recipe.choose(wide, config, (), budget.Speed(3.0))
   assert _by_field(planned)["model.image_size"].value == 96
   cost = budget.seconds_per_image(160, True, stem="space_to_depth")
-  f160 = budget.TRAIN_SECONDS / 400 / cost / recipe.TARGET_EPOCHS
+  f160 = budget.TRAIN_SECONDS / 400 / cost / recipe.target_epochs(160)
   sizes = [
     recipe._image_size(wide, config, (), budget.Speed(f * 1.02 * f160))[0]
     for f in (0.9, 1.0, 1.1)
