@@ -508,7 +508,7 @@ class _Replan:
     elapsed = now - self.start
     logging.info(
       "Timed steps %d-%d: %.1f ms per step (%.0f s since the start)",
-      self.late_from + 1,
+      self.late_from,
       step - 1,
       per_step * 1e3,
       elapsed,
