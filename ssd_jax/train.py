@@ -424,7 +424,6 @@ class _Replan:
     self.late_step = None if first else self._late_step()
     self.late_seconds, self.late_steps = 0.0, 0
     self.last = None
-    self.done = False
 
   @classmethod
   def create(
@@ -470,6 +469,12 @@ class _Replan:
     late = int(budget.LATE_REPLAN_AT * steps)
     return late if late - self.late_from >= budget.REPLAN_STEPS else None
 
+  @property
+  def done(self) -> bool:
+    """Nothing is left to re-plan: the first re-plan is past and no late
+    one is due (none fits, it happened, or the run starts again)."""
+    return not self.first and self.late_step is None
+
   def resume(self) -> None:
     """The loop evaluated or saved since the last step: not a step's time."""
     self.last = time.monotonic()
@@ -500,7 +505,7 @@ class _Replan:
       return self._first(step, now, can_restart)
     if step != self.late_step:
       return None
-    self.done = True
+    self.late_step = None  # Once.
     per_step = self.late_seconds / self.late_steps
     compile_seconds = self.compile_seconds
     if compile_seconds is None:  # Started again: step 1 less a step.
@@ -565,7 +570,6 @@ class _Replan:
           new_step,
           self.setup_seconds + compile_seconds,
         )
-        self.done = True
         return fitted or new, True
     elapsed = time.monotonic() - self.start
     new = recipe.replan(self.choices, step, elapsed, per_step, compile_seconds)
@@ -575,7 +579,6 @@ class _Replan:
     if new is not None:
       self.choices = new
     self.late_step = self._late_step()
-    self.done = self.late_step is None
     return None if new is None else (new, False)
 
 
@@ -587,11 +590,11 @@ def train_and_evaluate(
   """Trains with periodic evaluation and checkpoints; resumes by itself.
 
   A fresh quick-recipe run (`config.recipe="quick"`) times its first steps
-  and re-plans once (`_Replan`): its steps to fit the time, or, when its own
+  and re-plans (`_Replan`): its steps to fit the time, or, when its own
   speed gives another input size than the probe's (`recipe.rechoose`), it
   starts again from step 0 at the new choices (new default boxes, model and
   steps; the first run's few steps are dropped: they trained another
-  model).
+  model); at 40% of the steps it re-plans them once more.
 
   Args:
     config: the full config (see configs/).
