@@ -283,7 +283,8 @@ def test_box_coverage_empty_and_bad_shapes():
     db.box_coverage(np.zeros((3, 4)), np.zeros((4,)))
 
 
-def test_positives_by_map_splits_the_positives_map_by_map():
+@pytest.mark.parametrize("on_grid", [False, True], ids=["all", "grid"])
+def test_positives_by_map_splits_the_positives_map_by_map(on_grid):
   rng = np.random.default_rng(1)
   gt, _, _ = _random_boxes(rng, 30, 0.02, 0.9)
   gt = np.concatenate([gt, [[0.3, 0.3, 0.3, 0.5]]])  # Zero area: no prior.
@@ -292,7 +293,8 @@ def test_positives_by_map_splits_the_positives_map_by_map():
   # The :small grid: 12x12, 6x6, 3x3 and 1x1 maps of 4, 6, 4 and 4 boxes.
   assert rows == (144 * 4, 36 * 6, 9 * 4, 1 * 4) and sum(rows) == len(priors)
   edges = np.cumsum([0, *rows])
-  best, by_map = db.positives_by_map(gt, priors, rows, 0.5, chunk=4)
+  sides = SMALL_GRID.feature_sizes if on_grid else None
+  best, by_map = db.positives_by_map(gt, priors, rows, 0.5, 4, sides)
   assert by_map.shape == (31, 4) and by_map.dtype == np.int32
   for i, g in enumerate(gt):  # The slow loop, map by map.
     ious = [
@@ -312,6 +314,91 @@ def test_positives_by_map_splits_the_positives_map_by_map():
   with pytest.raises(ValueError, match="must be >= 0 and sum to"):
     db.positives_by_map(gt, priors, rows[:-1], 0.5)
   empty = db.positives_by_map(np.zeros((0, 4)), priors, rows)
+  assert empty[0].shape == (0,) and empty[1].shape == (0, 4)
+
+
+def _grid_cases(rng):
+  """Boxes that stress the grid's count: random (tiny to larger than the
+  image, some hanging out of it), the priors themselves (IoU exactly 1,
+  ties between kinds), corners on a coarse lattice (many equal IoUs), a
+  zero-area box and a box outside the image (overlapping nothing)."""
+  side = np.exp(rng.uniform(np.log(0.005), np.log(1.2), 120))
+  wh = np.stack([side * rng.uniform(0.5, 2.0, 120), side], 1)
+  xy = rng.uniform(-0.1, 1.1, wh.shape)
+  lattice = np.sort(rng.integers(-1, 10, (120, 2, 2)), 1) / 8  # [n, lo/hi, xy]
+  return np.concatenate(
+    [
+      np.concatenate([xy - wh / 2, xy + wh / 2], 1),
+      lattice.reshape(120, 4),
+      [[0.3, 0.3, 0.3, 0.5], [1.2, 1.2, 1.5, 1.5]],
+    ]
+  )
+
+
+@pytest.mark.parametrize(
+  "config",
+  [
+    SMALL_GRID,
+    db.SSD300_PRIORS,  # 38 cells of 8 px overhang 300 px: clipped centres.
+    db.TORCHVISION_SSD300_PRIORS,  # Centres past 1, unclipped.
+    db.paper_prior_config(64, (8, 4, 2, 1))._replace(clip=False),
+    # Two equal maps: every best IoU ties across them; argmax takes map 0.
+    db.PriorConfig(
+      64,
+      (4, 4, 2),
+      (16, 16, 32),
+      (16, 16, 32),
+      (32, 32, 64),
+      ((2,), (2,), (2,)),
+    ),
+  ],
+  ids=["small", "ssd300", "torchvision", "unclipped", "twin_maps"],
+)
+def test_positives_by_map_on_the_grid_is_the_full_count_bit_for_bit(config):
+  rng = np.random.default_rng(2)
+  priors = db.prior_boxes(config)
+  rows = db.rows_per_map(config)
+  picked = priors[rng.choice(len(priors), 60)]
+  gt = np.concatenate(
+    [
+      _grid_cases(rng),
+      np.concatenate(
+        [picked[:, :2] - picked[:, 2:] / 2, picked[:, :2] + picked[:, 2:] / 2],
+        1,
+      ),
+    ]
+  )
+  forced = 0
+  for threshold in (0.5, 0.35, 1.0):
+    want_best, want = db.positives_by_map(gt, priors, rows, threshold)
+    for chunk in (None, 16):
+      best, by_map = db.positives_by_map(
+        gt, priors, rows, threshold, chunk, config.feature_sizes
+      )
+      np.testing.assert_array_equal(best, want_best)
+      np.testing.assert_array_equal(by_map, want)
+    # Boxes whose only positive is the forced best prior: the grid must
+    # name the same first best prior (its map) as argmax over them all.
+    forced += int(np.sum((want.sum(1) == 1) & (want_best < threshold)))
+  assert forced >= 20
+  assert want_best[-60:].min() == np.float32(1.0)  # The priors themselves.
+
+
+def test_positives_by_map_on_the_grid_checks_the_grid():
+  priors = db.prior_boxes(SMALL_GRID)
+  rows = db.rows_per_map(SMALL_GRID)
+  gt = np.array([[0.1, 0.1, 0.4, 0.4]])
+  with pytest.raises(ValueError, match="one side per map"):
+    db.positives_by_map(gt, priors, rows, grid_sides=(12, 6, 3))
+  with pytest.raises(ValueError, match="not a 5x5 grid"):
+    db.positives_by_map(gt, priors, rows, grid_sides=(5, 6, 3, 1))
+  swapped = priors.copy()  # Cell 0's first box with cell 1's second.
+  swapped[[0, 5]] = swapped[[5, 0]]
+  with pytest.raises(ValueError, match="not a 12x12 grid of 4 boxes"):
+    db.positives_by_map(gt, swapped, rows, grid_sides=(12, 6, 3, 1))
+  empty = db.positives_by_map(
+    np.zeros((0, 4)), priors, rows, 0.5, None, SMALL_GRID.feature_sizes
+  )
   assert empty[0].shape == (0,) and empty[1].shape == (0, 4)
 
 
