@@ -130,7 +130,7 @@ def _jax_train_setup(
   the training default (on for the CPU backend).
   """
   from ssd_jax import config as config_lib
-  from ssd_jax import models
+  from ssd_jax import models, optim
   from ssd_jax import step as step_lib
 
   if cpu_fast_ops is None:
@@ -138,13 +138,15 @@ def _jax_train_setup(
   model = models.SSD300(
     num_classes=NUM_CLASSES, dtype=dtype, cpu_fast_ops=cpu_fast_ops
   )
-  settings = step_lib.step_settings(model, config_lib.base_config())
+  config = config_lib.base_config()
+  settings = step_lib.step_settings(model, config)
   size = model.image_size
   dummy = jnp.zeros([1, size, size, 3], jnp.float32)
   params = jax.jit(model.init)(jax.random.key(0), dummy)["params"]
-  state = step_lib.create_train_state(params, settings.tx)
+  state = step_lib.create_train_state(params, optim.create_optimizer(config)[0])
   par = step_lib.Parallel.create(parallel)
   priors = par.put_broadcast(jnp.asarray(model.priors(), jnp.float32))
+  schedule = par.put_broadcast(jnp.asarray(optim.config_schedule_steps(config)))
   d = jax.local_device_count()
   rng = np.random.default_rng(0)
   boxes, labels = _random_gt(rng, batch, max_boxes=max_boxes)
@@ -152,7 +154,7 @@ def _jax_train_setup(
   split = jax.tree.map(lambda x: x.reshape(d, -1, *x.shape[1:]), host)
 
   def step(p_state, p_batch):
-    return par.step(p_state, p_batch, priors, settings)
+    return par.step(p_state, p_batch, priors, schedule, settings)
 
   return step, par.put(state), par.put_batch(split)
 

@@ -81,8 +81,8 @@ SPEED_RANGE = (0.25, 4.0)
 # held-out runs' 10 minutes less a margin for the machine's speed changing
 # during the run, ~10%), reserving EVAL_SECONDS for each of the two
 # evaluations (compiling the forward, AP; shapes10's 120 test images with
-# the mirror took ~7 s); a change within REPLAN_TOLERANCE of the plan is not
-# worth the step's recompilation.
+# the mirror took ~7 s); a change within REPLAN_TOLERANCE of the plan is
+# left as planned.
 REPLAN_WARMUP_STEPS = 10
 REPLAN_STEPS = 30
 RUN_SECONDS = 540.0
@@ -285,9 +285,11 @@ def replan_steps(
 ) -> int | None:
   """The steps that end the run `RUN_SECONDS` after it started.
 
-  Counts a recompilation of the step (the schedule is part of it) and
-  `EVAL_SECONDS` for each of the two evaluations; within a third and twice
-  the plan, and at least one more step than done.
+  Counts `recompile_seconds` (a run started again compiles its new model;
+  a re-plan of the steps alone compiles nothing: the schedule's steps are
+  an input of the step) and `EVAL_SECONDS` for each of the two
+  evaluations; within a third and twice the plan, and at least one more
+  step than done.
 
   Args:
     planned_steps: the plan's steps (>= 1).
@@ -295,7 +297,8 @@ def replan_steps(
     elapsed: seconds since training started (start-up, reading the data,
       the first step's compilation and the steps done).
     seconds_per_step: the measured seconds per step, compilation excluded.
-    recompile_seconds: what compiling the step again will cost.
+    recompile_seconds: what compiling a new step will cost (0 when the
+      step stays).
 
   Returns:
     The new number of steps, or None when it is within `REPLAN_TOLERANCE`

@@ -6,12 +6,12 @@ builds that from a config as an optax chain (optional global-norm clipping,
 decoupled-by-mask L2 term, SGD with momentum or Adam).
 """
 
-import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 
@@ -46,12 +46,38 @@ def create_learning_rate_schedule(
   Raises:
     ValueError: on a negative base_lr / warm-up or unsorted boundaries.
   """
-  if base_lr < 0 or warmup_steps < 0:
-    raise ValueError(
-      f"learning rate and warmup_steps must be >= 0, got {base_lr}, "
-      f"{warmup_steps}"
-    )
+  if base_lr < 0:
+    raise ValueError(f"learning rate must be >= 0, got {base_lr}")
+  steps = schedule_steps(warmup_steps, boundaries, cosine_steps)
+  return _schedule(
+    base_lr, warmup_init_factor, decay_factor, bool(cosine_steps), steps
+  )
+
+
+def schedule_steps(
+  warmup_steps: int, boundaries: tuple[int, ...] = (), cosine_steps: int = 0
+) -> np.ndarray:
+  """The schedule's step counts as one array, the compiled step's input.
+
+  A re-plan of a run (`recipe.replan`) changes only these, so they are an
+  argument of the training step rather than part of it: the step is not
+  compiled again.
+
+  Args:
+    warmup_steps: W (0: none).
+    boundaries: the decay steps, increasing.
+    cosine_steps: T (0: piecewise-constant).
+
+  Returns:
+    [2 + len(boundaries)] float32 `(W, T, *boundaries)` (exact below 2^24).
+
+  Raises:
+    ValueError: on a negative warm-up or cosine length, unsorted
+      boundaries, or boundaries with a cosine.
+  """
   boundaries = tuple(int(b) for b in boundaries)
+  if warmup_steps < 0:
+    raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
   if list(boundaries) != sorted(boundaries):
     raise ValueError(f"lr boundaries must be increasing, got {boundaries}")
   if cosine_steps < 0 or (cosine_steps and boundaries):
@@ -59,22 +85,27 @@ def create_learning_rate_schedule(
       "cosine_steps must be >= 0 and excludes lr boundaries; got "
       f"{cosine_steps} with boundaries {boundaries}"
     )
+  return np.asarray([warmup_steps, cosine_steps, *boundaries], np.float32)
+
+
+def _schedule(base_lr, warmup_init_factor, decay_factor, cosine, steps):
+  """`create_learning_rate_schedule` with its step counts in `steps`
+  (`schedule_steps`; a traced array inside the training step)."""
 
   def schedule(step):
     step = jnp.asarray(step, jnp.float32)
+    warmup, cosine_steps = steps[0], steps[1]
     decay = jnp.ones([], jnp.float32)
-    for b in boundaries:
-      decay = decay * jnp.where(step >= b, decay_factor, 1.0)
-    if cosine_steps:
+    for i in range(2, len(steps)):  # The boundaries.
+      decay = decay * jnp.where(step >= steps[i], decay_factor, 1.0)
+    if cosine:
       t = jnp.minimum(step / cosine_steps, 1.0)
       decay = 0.5 * (1.0 + jnp.cos(jnp.pi * t))
     lr = base_lr * decay
-    if warmup_steps > 0:
-      frac = warmup_init_factor + (1.0 - warmup_init_factor) * (
-        step / warmup_steps
-      )
-      lr = jnp.where(step < warmup_steps, lr * frac, lr)
-    return lr
+    frac = warmup_init_factor + (1.0 - warmup_init_factor) * (
+      step / jnp.maximum(warmup, 1.0)
+    )
+    return jnp.where(step < warmup, lr * frac, lr)
 
   return schedule
 
@@ -106,13 +137,112 @@ def weight_decay_mask(params: Any) -> Any:
   return flax.traverse_util.unflatten_dict(mask)
 
 
+class OptimizerSpec(NamedTuple):
+  """The optimizer but for its schedule's step counts: static and hashable
+  (part of the step's `StepSettings`); `build_optimizer` adds the counts."""
+
+  name: str
+  learning_rate: float
+  warmup_init_factor: float
+  decay_factor: float
+  momentum: float
+  weight_decay: float
+  grad_clip_norm: float
+  cosine: bool
+  num_boundaries: int
+
+
+def optimizer_spec(config: ml_collections.ConfigDict) -> OptimizerSpec:
+  """The config's optimizer, less its schedule's step counts.
+
+  Args:
+    config: the training config (see `create_optimizer`).
+
+  Raises:
+    ValueError: naming config.optimizer or config.lr_schedule when unknown.
+  """
+  name = config.get("optimizer", "sgd")
+  if name not in ("sgd", "adam"):
+    raise ValueError(f"config.optimizer must be 'sgd' or 'adam', got {name!r}")
+  return OptimizerSpec(
+    name,
+    float(config.learning_rate),
+    float(config.warmup_init_factor),
+    float(config.lr_decay_factor),
+    float(config.momentum or 0.0),
+    float(config.weight_decay or 0.0),
+    float(config.grad_clip_norm or 0.0),
+    _cosine_steps(config) > 0,
+    len(config.lr_boundaries),
+  )
+
+
+def config_schedule_steps(config: ml_collections.ConfigDict) -> np.ndarray:
+  """`schedule_steps` of a config: its warm-up, `lr_boundaries` and, for
+  `lr_schedule="cosine"`, `num_steps`."""
+  return schedule_steps(
+    int(config.warmup_steps),
+    tuple(int(b) for b in config.lr_boundaries),
+    _cosine_steps(config),
+  )
+
+
+def build_optimizer(
+  spec: OptimizerSpec, steps: Any
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """The optax chain and lr schedule of `spec` with step counts `steps`.
+
+  The transformation's state does not depend on `steps`, so the training
+  step builds it inside its trace with `steps` as an input, and one
+  compiled step serves every re-plan of a run.
+
+  Args:
+    spec: `optimizer_spec(config)`.
+    steps: `config_schedule_steps(config)`, numpy or traced.
+
+  Returns:
+    (optax transformation, lr schedule).
+
+  Raises:
+    ValueError: when `steps` does not hold `spec`'s boundaries.
+  """
+  if np.shape(steps) != (2 + spec.num_boundaries,):
+    raise ValueError(
+      f"schedule steps must be [{2 + spec.num_boundaries}] (warm-up, cosine "
+      f"and {spec.num_boundaries} boundaries), got shape {np.shape(steps)}"
+    )
+  if spec.learning_rate < 0:
+    raise ValueError(f"learning rate must be >= 0, got {spec.learning_rate}")
+  schedule = _schedule(
+    spec.learning_rate,
+    spec.warmup_init_factor,
+    spec.decay_factor,
+    spec.cosine,
+    steps,
+  )
+  parts = []
+  if spec.grad_clip_norm > 0:
+    parts.append(optax.clip_by_global_norm(spec.grad_clip_norm))
+  if spec.weight_decay:
+    parts.append(
+      optax.add_decayed_weights(spec.weight_decay, mask=weight_decay_mask)
+    )
+  if spec.name == "sgd":
+    parts.append(optax.sgd(schedule, momentum=spec.momentum or None))
+  else:
+    parts.append(optax.adam(schedule))
+  return optax.chain(*parts), schedule
+
+
 def create_optimizer(
   config: ml_collections.ConfigDict,
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """SGD with momentum, coupled weight decay, warm-up + step decay, clipping.
 
   optax's momentum trace differs from Caffe's only in where lr enters the
-  momentum buffer (identical at constant lr).
+  momentum buffer (identical at constant lr). `build_optimizer` of the
+  config's `optimizer_spec` and `config_schedule_steps`: the same
+  transformation (and state) the training step builds.
 
   Args:
     config: the training config (fields `optimizer` ("sgd" | "adam"; adam
@@ -123,25 +253,13 @@ def create_optimizer(
       `grad_clip_norm` (0 disables)).
 
   Returns:
-    (optax transformation, lr schedule). Equal configs give the very same
-    objects, so the jitted step (which takes them as static arguments)
-    compiles once per process.
+    (optax transformation, lr schedule).
 
   Raises:
-    ValueError: naming config.optimizer when it is unknown.
+    ValueError: naming config.optimizer when it is unknown, or on a bad
+      schedule (`schedule_steps`).
   """
-  return _optimizer(
-    config.get("optimizer", "sgd"),
-    float(config.learning_rate),
-    int(config.warmup_steps),
-    float(config.warmup_init_factor),
-    tuple(int(b) for b in config.lr_boundaries),
-    float(config.lr_decay_factor),
-    float(config.momentum or 0.0),
-    float(config.weight_decay or 0.0),
-    float(config.grad_clip_norm or 0.0),
-    _cosine_steps(config),
-  )
+  return build_optimizer(optimizer_spec(config), config_schedule_steps(config))
 
 
 def _cosine_steps(config: ml_collections.ConfigDict) -> int:
@@ -151,40 +269,3 @@ def _cosine_steps(config: ml_collections.ConfigDict) -> int:
       f"config.lr_schedule must be one of 'piecewise', 'cosine'; got {kind!r}"
     )
   return int(config.num_steps) if kind == "cosine" else 0
-
-
-@functools.lru_cache(maxsize=16)
-def _optimizer(
-  name,
-  learning_rate,
-  warmup_steps,
-  warmup_init_factor,
-  boundaries,
-  decay_factor,
-  momentum,
-  weight_decay,
-  grad_clip_norm,
-  cosine_steps,
-):
-  schedule = create_learning_rate_schedule(
-    learning_rate,
-    warmup_steps=warmup_steps,
-    warmup_init_factor=warmup_init_factor,
-    boundaries=boundaries,
-    decay_factor=decay_factor,
-    cosine_steps=cosine_steps,
-  )
-  parts = []
-  if grad_clip_norm > 0:
-    parts.append(optax.clip_by_global_norm(grad_clip_norm))
-  if weight_decay:
-    parts.append(
-      optax.add_decayed_weights(weight_decay, mask=weight_decay_mask)
-    )
-  if name == "sgd":
-    parts.append(optax.sgd(schedule, momentum=momentum or None))
-  elif name == "adam":
-    parts.append(optax.adam(schedule))
-  else:
-    raise ValueError(f"config.optimizer must be 'sgd' or 'adam', got {name!r}")
-  return optax.chain(*parts), schedule

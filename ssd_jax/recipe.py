@@ -77,26 +77,25 @@ RECIPE_FILE = "recipe.json"
 MIN_SIZE = 96
 MAX_SIZE = 256
 # The input side is the largest that still trains TARGET_EPOCHS epochs in
-# budget.TRAIN_SECONDS at this machine's speed, and never one where the
-# small objects (10th percentile of sqrt(w h)) span fewer than
-# MIN_OBJECT_PIXELS input pixels (conv4_3's stride 8 is the zoo models'
-# finest grid: smaller boxes are rarely within the matching IoU of a default
-# box), MIN_OBJECT_PIXELS_STRIDE4 for a VGG model, which can take conv3_3's
-# stride-4 map. The epochs are planned ones (`budget.TRAIN_SECONDS` of
-# steps); a run trains ~0.85 of them (start-up, evaluations, the re-plan's
-# recompilation). Whole 10-minute runs on days the machine ran 1.4-1.8x
-# slower than the cost table's: 128 px beat 96 px from about 38 trained
-# epochs on (mixed_sizes 0.894 at 128 px / 45 epochs against 0.843 at 96 /
-# 73, shapes10_upright 0.950 at 128 / 42 against 0.909 at 96 / 74;
-# shapes10 0.630 at 128 / 36 and 0.535 at 128 / 29 against 0.646 at 96 /
-# 58), and more pixels stop paying below that (small_crowded 0.799 at 128
-# / 52, its small objects 5.4 px, against 0.778 at 160 / 38; at width 1/4,
-# 0.44 at 192 / 15). 45 planned epochs are ~38 trained. Above
-# TARGET_SIDE a side must plan more, in proportion to its pixels
-# (`target_epochs`: 70 at 160 px): in four pairs of whole runs 160 px lost
-# to 128 px at 38-62 epochs run, by less with more (small_crowded
-# -0.021 at 38, -0.024 at 44, -0.019 at 40 of 300 images; mixed_sizes,
-# 225 images, -0.011 at 62; own_data_2026-12-02_160_vs_128.md).
+# budget.TRAIN_SECONDS at this machine's speed, and never one where the small
+# objects (10th percentile of sqrt(w h)) span fewer than MIN_OBJECT_PIXELS input
+# pixels (conv4_3's stride 8 is the zoo models' finest grid: smaller boxes are
+# rarely within the matching IoU of a default box), MIN_OBJECT_PIXELS_STRIDE4
+# for a VGG model, which can take conv3_3's stride-4 map. The epochs are planned
+# ones (`budget.TRAIN_SECONDS` of steps); a run trains ~0.85 of them (start-up,
+# evaluations, and, before 2026-12-02's traced schedule, the re-plans'
+# recompilations). Whole 10-minute runs on days the machine ran 1.4-1.8x slower
+# than the cost table's: 128 px beat 96 px from about 38 trained epochs on
+# (mixed_sizes 0.894 at 128 px / 45 epochs against 0.843 at 96 / 73,
+# shapes10_upright 0.950 at 128 / 42 against 0.909 at 96 / 74; shapes10 0.630 at
+# 128 / 36 and 0.535 at 128 / 29 against 0.646 at 96 / 58), and more pixels stop
+# paying below that (small_crowded 0.799 at 128 / 52, its small objects 5.4 px,
+# against 0.778 at 160 / 38; at width 1/4, 0.44 at 192 / 15). 45 planned epochs
+# are ~38 trained. Above TARGET_SIDE a side must plan more, in proportion to its
+# pixels (`target_epochs`: 70 at 160 px): in four pairs of whole runs 160 px
+# lost to 128 px at 38-62 epochs run, by less with more (small_crowded -0.021 at
+# 38, -0.024 at 44, -0.019 at 40 of 300 images; mixed_sizes, 225 images, -0.011
+# at 62; own_data_2026-12-02_160_vs_128.md).
 TARGET_EPOCHS = 45
 TARGET_SIDE = 128
 MIN_OBJECT_PIXELS = 12.0
@@ -383,8 +382,9 @@ def replan(
     elapsed: seconds since training started (start-up, reading the data,
       the first step's compilation and the steps done).
     seconds_per_step: the measured seconds per step, compilation excluded.
-    recompile_seconds: what compiling the step again will cost (the first
-      steps' time beyond the measured speed).
+    recompile_seconds: what compiling a new step will cost (a run started
+      again: the first steps' time beyond the measured speed); 0 for a
+      re-plan of the same run (the schedule's steps are the step's input).
 
   Returns:
     The choices with num_steps and those following it re-planned (source

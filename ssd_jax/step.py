@@ -1,14 +1,17 @@
 """The SSD training step: a pure per-device body, under pmap or shard_map.
 
-`train_step(state, batch, priors, settings)` uses only named-axis collectives
+`train_step(state, batch, priors, schedule, settings)` uses only named-axis
+collectives
 on `"batch"` (`lax.psum`, `lax.pmean`), so the same body runs under
 `jax.pmap` (here, `p_train_step`) or under `jax.shard_map` over a device
 mesh. `TrainState` holds state only (step, parameters, optimizer state,
 a BatchNorm model's running statistics); what
 the step needs besides state comes in as arguments: the default boxes
-(`priors`, broadcast to every device) and `StepSettings` (static and
-hashable: the model, the optax transformation, the lr schedule, and the
-matching and loss settings), so equal settings share one compiled step.
+(`priors`, broadcast to every device), the lr schedule's step counts
+(`schedule`, `optim.config_schedule_steps`: an input, so a re-planned run
+keeps its compiled step) and `StepSettings` (static and hashable: the
+model, the optimizer less those counts, and the matching and loss
+settings), so equal settings share one compiled step.
 
 Data parallelism: every device matches its images' ground truth on the device
 (`vmap(match)`), counts its positives, and the MultiBox loss is normalised by
@@ -108,8 +111,8 @@ class StepSettings(NamedTuple):
 
   Attributes:
     model: the flax SSD module (`model.apply`).
-    tx: the optax transformation.
-    lr_fn: step -> learning rate (reported in the metrics).
+    optimizer: the optimizer less its schedule's step counts (the step
+      builds it with them: `optim.build_optimizer`).
     iou_threshold: matching threshold.
     variances: SSD encoding variances (centre, size).
     neg_pos_ratio: hard negatives per positive.
@@ -119,8 +122,7 @@ class StepSettings(NamedTuple):
   """
 
   model: Any
-  tx: optax.GradientTransformation
-  lr_fn: optax.Schedule
+  optimizer: optim.OptimizerSpec
   iou_threshold: float = 0.5
   variances: tuple[float, float] = (0.1, 0.2)
   neg_pos_ratio: float = 3.0
@@ -138,13 +140,13 @@ def step_settings(
       `variances`, `neg_pos_ratio`, `model.freeze_batch_norm`).
 
   Returns:
-    StepSettings; equal configs and models give equal (same-hash) settings.
+    StepSettings; equal configs and models give equal (same-hash) settings,
+    and so do configs that differ only in the schedule's step counts (the
+    step's `schedule` input: `optim.config_schedule_steps`).
   """
-  tx, schedule = optim.create_optimizer(config)
   return StepSettings(
     model=model,
-    tx=tx,
-    lr_fn=schedule,
+    optimizer=optim.optimizer_spec(config),
     iou_threshold=float(config.iou_threshold),
     variances=tuple(float(v) for v in config.variances),
     neg_pos_ratio=float(config.neg_pos_ratio),
@@ -168,6 +170,7 @@ def train_step(
   state: TrainState,
   batch: Mapping[str, jax.Array],
   priors: jax.Array,
+  schedule: jax.Array,
   settings: StepSettings,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer update on this device's shard; run under axis "batch".
@@ -179,6 +182,8 @@ def train_step(
       (0 = padding).
     priors: [P, 4] float32 default boxes, centre form (the same on every
       device).
+    schedule: [2 + B] float32, the lr schedule's step counts
+      (`optim.config_schedule_steps`; the same on every device).
     settings: the static StepSettings.
 
   Returns:
@@ -224,7 +229,8 @@ def train_step(
   # keeps the replicas bit-identical.
   batch_stats = jax.lax.pmean(batch_stats, AXIS)
   grads = jax.lax.pmean(grads, AXIS)
-  updates, opt_state = settings.tx.update(grads, state.opt_state, state.params)
+  tx, lr_fn = optim.build_optimizer(settings.optimizer, schedule)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = {
     "loss": jax.lax.psum(parts["loss"], AXIS),
@@ -232,7 +238,7 @@ def train_step(
     "conf_loss": jax.lax.psum(parts["conf_loss"], AXIS),
     "num_positives": num_pos,
     "grad_norm": optax.tree.norm(grads),
-    "lr": settings.lr_fn(state.step),
+    "lr": lr_fn(state.step),
   }
   new_state = state.replace(
     step=state.step + 1,
@@ -244,13 +250,13 @@ def train_step(
 
 
 # pmap over the local devices: state and batch carry a leading device axis,
-# the priors are broadcast, the settings static; the state is donated (its
-# buffers are reused for the new state).
+# the priors and schedule are broadcast, the settings static; the state is
+# donated (its buffers are reused for the new state).
 p_train_step = jax.pmap(
   train_step,
   axis_name=AXIS,
-  in_axes=(0, 0, None),
-  static_broadcasted_argnums=(3,),
+  in_axes=(0, 0, None, None),
+  static_broadcasted_argnums=(4,),
   donate_argnums=(0,),
 )
 
@@ -296,11 +302,12 @@ def make_mesh(devices: Any = None) -> Mesh:
   return Mesh(np.asarray(devices), (AXIS,))
 
 
-@functools.partial(jax.jit, static_argnums=(3, 4), donate_argnums=(0,))
+@functools.partial(jax.jit, static_argnums=(4, 5), donate_argnums=(0,))
 def s_train_step(
   state: TrainState,
   batch: Mapping[str, jax.Array],
   priors: jax.Array,
+  schedule: jax.Array,
   settings: StepSettings,
   mesh: Mesh,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -311,6 +318,7 @@ def s_train_step(
     batch: the global batch: "image" [B, H, W, 3], "boxes" [B, M, 4],
       "labels" [B, M], sharded over "batch" (`Parallel.put_batch`).
     priors: [P, 4] float32, replicated.
+    schedule: [2 + B] float32, replicated.
     settings: the static StepSettings.
     mesh: the static 1-D mesh (`make_mesh`).
 
@@ -322,10 +330,10 @@ def s_train_step(
   return jax.shard_map(
     body,
     mesh=mesh,
-    in_specs=(P(), P(AXIS), P()),
+    in_specs=(P(), P(AXIS), P(), P()),
     out_specs=(P(), P()),
     check_vma=False,  # The pmap body: per-device gradients, pmean'd by hand.
-  )(state, batch, priors)
+  )(state, batch, priors, schedule)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -379,8 +387,9 @@ class Parallel:
     )
 
   def put_broadcast(self, x: Any) -> Any:
-    """An argument each device sees whole (the priors): as given for
-    "pmap" (broadcast by `in_axes=None`), replicated for "shard_map"."""
+    """An argument each device sees whole (the priors, the schedule's
+    steps): as given for "pmap" (broadcast by `in_axes=None`), replicated
+    for "shard_map"."""
     return x if self.mesh is None else self.put(x)
 
   def put_batch(self, batch: Mapping[str, np.ndarray]) -> dict[str, Any]:
@@ -410,12 +419,13 @@ class Parallel:
     state: Any,
     batch: Mapping[str, Any],
     priors: Any,
+    schedule: Any,
     settings: StepSettings,
   ) -> tuple[Any, dict[str, Any]]:
     """One update (`p_train_step` or `s_train_step`); `state` is donated."""
     if self.mesh is None:
-      return p_train_step(state, batch, priors, settings)
-    return s_train_step(state, batch, priors, settings, self.mesh)
+      return p_train_step(state, batch, priors, schedule, settings)
+    return s_train_step(state, batch, priors, schedule, settings, self.mesh)
 
   def get(self, tree: Any) -> Any:
     """One copy of a placed tree (state or metrics) on the host (numpy)."""

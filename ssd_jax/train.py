@@ -386,15 +386,15 @@ class _Replan:
   measured speed to `recipe.choose` again; when that gives another input
   size, the run starts again at it (see `train_and_evaluate`). Otherwise
   `recipe.replan` turns the speed into the steps that fit the run's time
-  (`budget.replan_steps`); the loop then rebuilds the step's settings (the
-  schedule is part of them).
+  (`budget.replan_steps`); the loop then gives the step the new schedule's
+  steps (an input of the compiled step: nothing is compiled again).
 
   Then, at `budget.LATE_REPLAN_AT` of the steps, `recipe.replan` again at
   the speed of the steps since the first re-plan (the machine's speed
-  moves within minutes), leaving out the recompiled step and its warm-up
-  and the time the loop spent evaluating and saving (it calls `resume`
-  after them). A run started again at a new size (`first=False`) had its
-  steps fitted to the time left when it started: the late re-plan only.
+  moves within minutes), leaving out the time the loop spent evaluating
+  and saving (it calls `resume` after them). A run started again at a new
+  size (`first=False`) had its steps fitted to the time left when it
+  started: the late re-plan only.
 
   Only for a run that chose its steps now, starts at step 0, runs on one
   process (every process would have to agree on the steps) and is planned
@@ -416,8 +416,6 @@ class _Replan:
     self.first = first  # The first re-plan is still to come.
     self.loop_start = time.monotonic()
     self.first_end = None  # When step REPLAN_WARMUP_STEPS had finished.
-    self.step1_seconds = None  # Step 1: compilation and one step.
-    self.compile_seconds = None  # Measured by the first re-plan.
     # The late re-plan's clock: the steps after `late_from`, each from the
     # previous call (or `resume`) to its own.
     self.late_from = None if first else budget.REPLAN_WARMUP_STEPS
@@ -491,8 +489,6 @@ class _Replan:
         two models): then only the steps are re-planned.
     """
     now = time.monotonic()
-    if step == 1:
-      self.step1_seconds = now - self.loop_start
     if (
       self.late_from is not None
       and self.last is not None
@@ -507,9 +503,6 @@ class _Replan:
       return None
     self.late_step = None  # Once.
     per_step = self.late_seconds / self.late_steps
-    compile_seconds = self.compile_seconds
-    if compile_seconds is None:  # Started again: step 1 less a step.
-      compile_seconds = max(0.0, (self.step1_seconds or 0.0) - per_step)
     elapsed = now - self.start
     logging.info(
       "Timed steps %d-%d: %.1f ms per step (%.0f s since the start)",
@@ -518,7 +511,7 @@ class _Replan:
       per_step * 1e3,
       elapsed,
     )
-    new = recipe.replan(self.choices, step, elapsed, per_step, compile_seconds)
+    new = recipe.replan(self.choices, step, elapsed, per_step, 0.0)
     if new is None:
       return None
     self.choices = new
@@ -538,7 +531,6 @@ class _Replan:
     compile_seconds = max(
       0.0, self.first_end - self.loop_start - warm * per_step
     )
-    self.compile_seconds = compile_seconds
     logging.info(
       "Timed steps %d-%d: %.1f ms per step (%.1f s compiling, %.1f s since "
       "the start)",
@@ -572,10 +564,9 @@ class _Replan:
         )
         return fitted or new, True
     elapsed = time.monotonic() - self.start
-    new = recipe.replan(self.choices, step, elapsed, per_step, compile_seconds)
-    # The late re-plan times the steps after this one (and, when the step
-    # is compiled again, after its warm-up).
-    self.late_from = step + (warm if new is not None else 0)
+    # Only the schedule's steps change: the compiled step stays.
+    new = recipe.replan(self.choices, step, elapsed, per_step, 0.0)
+    self.late_from = step  # The late re-plan times the steps after this.
     if new is not None:
       self.choices = new
     self.late_step = self._late_step()
@@ -649,6 +640,7 @@ def _train(
   config = fit_priors(config, workdir)
   model, names = build(config, workdir)
   settings = step_lib.step_settings(model, config)
+  tx, _ = optim.create_optimizer(config)  # The step's, for its state.
   priors = jnp.asarray(model.priors(), jnp.float32)
   checkpointer = ckpt_lib.Checkpointer(
     os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints
@@ -656,7 +648,7 @@ def _train(
   writer = metrics_lib.MetricsWriter(workdir)
   start_step = 0
   if checkpointer.latest_step() is not None:  # Skips damaged newer steps.
-    template = abstract_state(model, settings.tx)
+    template = abstract_state(model, tx)
     start_step, state = checkpointer.restore_latest(template)
     logging.info("Resumed from step %d in %s", start_step, workdir)
   else:
@@ -664,7 +656,7 @@ def _train(
       model, jax.random.key(config.seed), config.init_from
     )
     state = step_lib.create_train_state(
-      variables["params"], settings.tx, variables.get("batch_stats")
+      variables["params"], tx, variables.get("batch_stats")
     )
   if int(state.step) != start_step:
     raise RuntimeError(
@@ -695,6 +687,9 @@ def _train(
   p_state = parallel.put(state)
   del state
   priors = parallel.put_broadcast(priors)
+  schedule = parallel.put_broadcast(
+    jnp.asarray(optim.config_schedule_steps(config))
+  )
   stop = _StopRequest()
   stop.install()
   progress = metrics_lib.Progress(config.num_steps, config.batch_size)
@@ -718,7 +713,9 @@ def _train(
       batch = parallel.put_batch(
         {k: batch[k] for k in ("image", "boxes", "labels")}
       )
-      p_state, p_metrics = parallel.step(p_state, batch, priors, settings)
+      p_state, p_metrics = parallel.step(
+        p_state, batch, priors, schedule, settings
+      )
       step += 1
       # Check the previous step's loss while this one runs (no stall).
       if pending is not None:
@@ -736,7 +733,11 @@ def _train(
           recipe.write(workdir, choices)
         logging.info("%s", recipe.format_choices(choices))
         config = recipe.apply(config, choices)
+        # The same settings: only the schedule's steps change (no compile).
         settings = step_lib.step_settings(model, config)
+        schedule = parallel.put_broadcast(
+          jnp.asarray(optim.config_schedule_steps(config))
+        )
         progress.num_steps = config.num_steps
       stopping = stop.requested(step)
       is_last = step == config.num_steps

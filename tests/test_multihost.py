@@ -232,7 +232,7 @@ os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
 sys.path.insert(0, {tests!r})
 import jax, numpy as np
 assert jax.process_count() == 1 and jax.device_count() == 2
-from ssd_jax import models, step, train
+from ssd_jax import models, optim, step, train
 from ssd_jax.data import pipeline
 import test_multihost as t
 config = t.resume_config("pmap")
@@ -241,15 +241,18 @@ model, _ = train.build(config)
 settings = step.step_settings(model, config)
 params = train.init_variables(model, jax.random.key(config.seed))["params"]
 par = step.Parallel.create("pmap")
-state = par.put(step.create_train_state(params, settings.tx))
+tx = optim.create_optimizer(config)[0]
+state = par.put(step.create_train_state(params, tx))
 priors = par.put_broadcast(np.asarray(model.priors(), np.float32))
+schedule = par.put_broadcast(optim.config_schedule_steps(config))
 stream = pipeline.create_train_iterator(
     config.data, image_size=model.image_size,
     global_batch_size=config.batch_size, seed=config.seed,
     normalization=models.normalization_of(model))
 for _ in range(config.num_steps):
   batch = {{k: v for k, v in next(stream).items() if k != "valid"}}
-  state, _ = par.step(state, par.put_batch(batch), priors, settings)
+  state, _ = par.step(
+      state, par.put_batch(batch), priors, schedule, settings)
 t.save_flat({straight!r}, par.get(state.params))
 print("STRAIGHT")
 """

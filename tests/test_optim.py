@@ -116,12 +116,55 @@ def test_unknown_optimizer_is_named():
     optim.create_optimizer(config)
 
 
-def test_equal_configs_give_the_same_optimizer_objects():
-  # The step takes tx and the schedule as static arguments: equal configs
-  # must give identical (same-hash) objects so the step compiles once.
-  a = optim.create_optimizer(load_config("shapes", "small"))
-  b = optim.create_optimizer(load_config("shapes", "small"))
-  assert a[0] is b[0] and a[1] is b[1]
+def test_the_steps_optimizer_takes_its_schedule_steps_as_an_input():
+  # The step's static part (the spec) is the same for configs that differ
+  # only in the schedule's steps (a re-plan), and the steps, traced, give
+  # the schedule create_learning_rate_schedule gives with Python numbers.
+  config = load_config("shapes", "small")
+  replanned = load_config("shapes", "small")
+  assert len(config.lr_boundaries) >= 1
+  scale = 700 / config.num_steps  # Re-planned to 700 steps.
+  replanned.update(
+    num_steps=700,
+    warmup_steps=60,
+    lr_boundaries=tuple(int(b * scale) for b in config.lr_boundaries),
+  )
+  spec = optim.optimizer_spec(config)
+  assert spec == optim.optimizer_spec(replanned)
+  assert hash(spec) == hash(optim.optimizer_spec(replanned))
+  lr_at = jax.jit(lambda steps, t: optim.build_optimizer(spec, steps)[1](t))
+  for c in (config, replanned):
+    steps = optim.config_schedule_steps(c)
+    want = optim.create_learning_rate_schedule(
+      c.learning_rate,
+      c.warmup_steps,
+      c.warmup_init_factor,
+      tuple(c.lr_boundaries),
+      c.lr_decay_factor,
+    )
+    around = [b + d for b in c.lr_boundaries for d in (-1, 0, 1)]
+    for t in (0, 1, 30, 59, 60, c.warmup_steps, *around, 3000):
+      got = float(lr_at(steps, t))
+      assert got == float(want(t)), (t, got)
+      ref = reference_lr(
+        t,
+        c.learning_rate,
+        c.warmup_steps,
+        c.warmup_init_factor,
+        tuple(c.lr_boundaries),
+        c.lr_decay_factor,
+      )
+      np.testing.assert_allclose(got, ref, rtol=1e-6)
+  # The state does not depend on the steps: one checkpoint layout.
+  params = {"w": jnp.ones((3,))}
+  a = optim.build_optimizer(spec, optim.config_schedule_steps(config))[0]
+  b = optim.build_optimizer(spec, optim.config_schedule_steps(replanned))[0]
+  assert jax.tree.structure(a.init(params)) == jax.tree.structure(
+    b.init(params)
+  )
+  n = 2 + len(config.lr_boundaries)
+  with pytest.raises(ValueError, match=rf"schedule steps must be \[{n}\]"):
+    optim.build_optimizer(spec, np.zeros(n + 1, np.float32))
 
 
 def test_cosine_schedule_is_torchvisions_cosine_annealing():

@@ -13,7 +13,7 @@ import optax
 import pytest
 from conftest import REPO, load_config
 
-from ssd_jax import losses, matching, models, step, train
+from ssd_jax import losses, matching, models, optim, step, train
 from ssd_jax.models import layers
 
 
@@ -26,8 +26,8 @@ def tiny_setup(optimizer="sgd", clip=0.0, lr=0.05):
   model = models.SSD(num_classes=4, image_size=64, width=0.125)
   settings = step.step_settings(model, config)
   params = train.init_variables(model, jax.random.key(0))["params"]
-  state = step.create_train_state(params, settings.tx)
-  return config, model, state, settings
+  state = step.create_train_state(params, optim.create_optimizer(config)[0])
+  return config, model, state, settings, optim.config_schedule_steps(config)
 
 
 def tiny_batch(n, seed=0, m=3):
@@ -89,19 +89,20 @@ _FOUR_DEVICES = textwrap.dedent(
   import jax, numpy as np, pytest
   assert jax.local_device_count() == 4, jax.devices()
   import test_step as t
-  from ssd_jax import config as config_lib, step
-  config, model, state, settings = t.tiny_setup(clip=0.0)
+  from ssd_jax import config as config_lib, optim, step
+  config, model, state, settings, sched = t.tiny_setup(clip=0.0)
   priors = np.asarray(model.priors())
   batch = t.tiny_batch(8, seed=1)
   def split(d):
     return jax.tree.map(lambda x: x.reshape(d, 8 // d, *x.shape[1:]), batch)
   s1, m1 = step.p_train_step(
-      step.replicate(state, 1), split(1), priors, settings)
+      step.replicate(state, 1), split(1), priors, sched, settings)
   s4, m4 = step.p_train_step(
-      step.replicate(state, 4), split(4), priors, settings)
+      step.replicate(state, 4), split(4), priors, sched, settings)
   m1, m4 = step.unreplicate(m1), jax.device_get(m4)
   # 1 device against the unsharded step written out by hand.
-  want, loss, parts = t.reference_update(model, state, batch, settings.tx)
+  tx = optim.create_optimizer(config)[0]
+  want, loss, parts = t.reference_update(model, state, batch, tx)
   assert int(step.unreplicate(s1.step)) == 1
   np.testing.assert_allclose(m1["loss"], loss, rtol=1e-5)
   np.testing.assert_allclose(m1["num_positives"], parts["num_positives"])
@@ -142,7 +143,7 @@ def test_pmapped_step_matches_reference_and_four_devices():
 
 
 def test_train_state_holds_state_only():
-  config, model, state, settings = tiny_setup()
+  config, model, state, settings, _ = tiny_setup()
   assert set(step.TrainState.__dataclass_fields__) == {
     "step",
     "params",
@@ -168,24 +169,43 @@ def test_train_state_holds_state_only():
 def test_replicated_state_compiles_the_step_once(caplog):
   # replicate() lays the copies out as pmap lays out its outputs, so the
   # second call (with the first call's output state) reuses the first
-  # compilation; numpy copies used to compile the whole step twice.
-  config, model, state, settings = tiny_setup(lr=0.01)
-  config.update(warmup_steps=3)  # Another config: a step of its own.
+  # compilation; numpy copies used to compile the whole step twice. A
+  # re-planned schedule (other warm-up and decay steps) is an input: the
+  # same compiled step follows it from the next step on.
+  config, model, state, settings, _ = tiny_setup(lr=0.01)
+  config.update(warmup_steps=3, warmup_init_factor=0.5)  # A step of its own.
   settings = step.step_settings(model, config)
+  schedule = optim.config_schedule_steps(config)
   batch = jax.tree.map(lambda x: x[None], tiny_batch(2, seed=5))
   priors = np.asarray(model.priors())
   p_state = step.replicate(state, 1)
+  lrs = []
   with jax.log_compiles(True), caplog.at_level("WARNING"):
-    for _ in range(3):
-      p_state, metrics = step.p_train_step(p_state, batch, priors, settings)
-    jax.block_until_ready(metrics)
+    for i in range(5):
+      if i == 3:  # Re-planned: 4 warm-up steps, the decay at 4.
+        config.update(num_steps=8, warmup_steps=4, lr_boundaries=(4,))
+        assert step.step_settings(model, config) == settings
+        schedule = optim.config_schedule_steps(config)
+      p_state, metrics = step.p_train_step(
+        p_state, batch, priors, schedule, settings
+      )
+      lrs.append(metrics["lr"])
+    jax.block_until_ready(lrs)
+  lrs = [float(np.asarray(lr)[0]) for lr in lrs]
   compiles = [
     r.getMessage()
     for r in caplog.records
     if r.getMessage().startswith("Finished XLA compilation")
   ]
   assert len(compiles) == 1, compiles
-  assert int(step.unreplicate(p_state.step)) == 3
+  assert int(step.unreplicate(p_state.step)) == 5
+  # Steps 0-2 warm up over 3 steps from 0.5; step 3 warms up over 4 (its
+  # lr: 0.5 + 0.5 * 3 / 4 of 0.01); step 4 is past the first decay.
+  np.testing.assert_allclose(
+    lrs,
+    [0.005, 0.01 * (0.5 + 0.5 / 3), 0.01 * (0.5 + 1 / 3), 0.00875, 0.001],
+    rtol=1e-6,
+  )
 
 
 class TinyBNDetector(nn.Module):
@@ -218,13 +238,15 @@ def bn_setup(freeze=False):
   settings = step.step_settings(model, config)
   variables = train.init_variables(model, jax.random.key(0))
   state = step.create_train_state(
-    variables["params"], settings.tx, variables["batch_stats"]
+    variables["params"],
+    optim.create_optimizer(config)[0],
+    variables["batch_stats"],
   )
-  return model, state, settings
+  return model, state, settings, optim.config_schedule_steps(config)
 
 
 def test_batch_norm_statistics_train_and_freeze():
-  model, state, settings = bn_setup()
+  model, state, settings, sched = bn_setup()
   assert state.variables().keys() == {"params", "batch_stats"}
   batch = tiny_batch(4, seed=2)
   priors = np.asarray(model.priors())
@@ -232,6 +254,7 @@ def test_batch_norm_statistics_train_and_freeze():
     step.replicate(state, 1),
     jax.tree.map(lambda x: x[None], batch),
     priors,
+    sched,
     settings,
   )
   stats = step.unreplicate(new.batch_stats)
@@ -244,12 +267,13 @@ def test_batch_norm_statistics_train_and_freeze():
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
   assert not np.allclose(stats["ConvBN_0"]["bn"]["mean"], 0)
   # Frozen: running statistics in the forward, none updated.
-  model, state, settings = bn_setup(freeze=True)
+  model, state, settings, sched = bn_setup(freeze=True)
   assert not settings.train_batch_norm
   new, _ = step.p_train_step(
     step.replicate(state, 1),
     jax.tree.map(lambda x: x[None], batch),
     priors,
+    sched,
     settings,
   )
   for a, b in zip(
@@ -269,15 +293,15 @@ _BN_FOUR_DEVICES = textwrap.dedent(
   assert jax.local_device_count() == 4, jax.devices()
   import test_step as t
   from ssd_jax import step
-  model, state, settings = t.bn_setup()
+  model, state, settings, sched = t.bn_setup()
   priors = np.asarray(model.priors())
   batch = t.tiny_batch(8, seed=1)
   def split(d):
     return jax.tree.map(lambda x: x.reshape(d, 8 // d, *x.shape[1:]), batch)
   s1, m1 = step.p_train_step(
-      step.replicate(state, 1), split(1), priors, settings)
+      step.replicate(state, 1), split(1), priors, sched, settings)
   s4, m4 = step.p_train_step(
-      step.replicate(state, 4), split(4), priors, settings)
+      step.replicate(state, 4), split(4), priors, sched, settings)
   np.testing.assert_allclose(
     step.unreplicate(m1)["loss"], jax.device_get(m4)["loss"][0], rtol=1e-5)
   for part in ("params", "batch_stats"):
@@ -309,12 +333,13 @@ _MODES_ONE_TWO_FOUR = textwrap.dedent(
   assert jax.local_device_count() == 4, jax.devices()
   import test_step as t
   from ssd_jax import step
-  model, state, settings = t.bn_setup()
+  model, state, settings, sched = t.bn_setup()
   priors = np.asarray(model.priors())
 
   def run(mode, d, steps=3):
     par = step.Parallel.create(mode, jax.devices()[:d])
     p_state, p_priors = par.put(state), par.put_broadcast(priors)
+    p_sched = par.put_broadcast(sched)
     if mode == "shard_map":  # One global array per leaf, no device axis.
       leaf = jax.tree.leaves(p_state.params)[0]
       assert leaf.shape == jax.tree.leaves(state.params)[0].shape
@@ -328,7 +353,7 @@ _MODES_ONE_TWO_FOUR = textwrap.dedent(
       if mode == "shard_map":
         assert batch["image"].shape == (8, 64, 64, 3)
         assert len(batch["image"].addressable_shards) == d
-      p_state, metrics = par.step(p_state, batch, p_priors, settings)
+      p_state, metrics = par.step(p_state, batch, p_priors, p_sched, settings)
     return par.get(p_state), par.get(metrics)
 
   ref, ref_metrics = run("pmap", 1)
@@ -365,7 +390,7 @@ def test_shard_map_step_equals_pmap_step_on_one_two_four_devices():
 def test_parallel_modes_and_their_layouts():
   with pytest.raises(ValueError, match=r"config.parallel must be one of"):
     step.Parallel.create("pjit")
-  _, state, _ = bn_setup()  # Params and BatchNorm statistics.
+  _, state, _, _ = bn_setup()  # Params and BatchNorm statistics.
   batch = jax.tree.map(lambda x: x[None], tiny_batch(2))  # [1, 2, ...]
   pmap = step.Parallel.create("pmap")
   assert pmap.mesh is None and pmap.put_batch(batch).keys() == batch.keys()

@@ -481,35 +481,36 @@ def test_replan_times_the_steps_twice_leaving_out_compiling_and_saving(
   replan = train._Replan.create(_plan(1000), 0, start=0.0)
   assert replan is not None and not replan.done
 
-  # Step 1 compiles (20 s), steps run 0.5 s, then the step compiles again
-  # after the first re-plan (step 42), and from step 52 the machine runs
-  # 1.5x slower; saving at the new plan's first checkpoint takes 7 s.
+  # Step 1 compiles (20 s), steps run 0.5 s; after the first re-plan (step
+  # 41; the schedule's steps are an input of the compiled step: nothing
+  # compiles again) the machine runs 1.5x slower; saving at the new plan's
+  # first checkpoint takes 7 s.
   def seconds(step):
-    return {1: 20.5, 42: 20.5}.get(step, 0.5 if step <= 51 else 0.75)
+    return 20.5 if step == 1 else 0.5 if step <= 41 else 0.75
 
-  plans = _loop(replan, clock, seconds, 600, pauses={178: 7.0})
-  assert sorted(plans) == [41, 356] and replan.done
-  # First: steps 11-40 at 0.5 s, 70.5 s gone, 20.5 s of compiling (step 1
-  # beyond a step): (540 - 70.5 - 20.5 - 2 * 12) / 0.5 = 850 more steps.
+  plans = _loop(replan, clock, seconds, 700, pauses={186: 7.0})
+  assert sorted(plans) == [41, 372] and replan.done
+  # First: steps 11-40 at 0.5 s, 70.5 s gone (20 s of them compiling, in
+  # the time gone but not to come): (540 - 70.5 - 2 * 12) / 0.5 = 891 more.
   first, restart = plans[41]
   assert not restart
   n1 = _by_field(first)["num_steps"]
-  assert n1.value == 41 + 850 == 891
+  assert n1.value == 41 + 891 == 932
   assert n1.reason.startswith("re-planned at step 41") and "500 ms" in n1.reason
-  assert _by_field(first)["checkpoint_every"].value == 178
-  # Late, at 40% of 891: steps 52-355 at 0.75 s (the recompiled step, its
-  # warm-up and the 7 s save left out), 331.25 s gone: 219 more.
-  assert 356 == int(budget.LATE_REPLAN_AT * 891)
-  gone = 70.5 + 20.5 + 9 * 0.5 + 304 * 0.75 + 7.0 + 0.75
-  assert gone == 331.25
-  late, restart = plans[356]
+  assert _by_field(first)["checkpoint_every"].value == 186
+  # Late, at 40% of 932: steps 42-372 at 0.75 s (the 7 s save left out),
+  # 325.75 s gone: 253 more.
+  assert 372 == int(budget.LATE_REPLAN_AT * 932)
+  gone = 70.5 + 331 * 0.75 + 7.0
+  assert gone == 325.75
+  late, restart = plans[372]
   assert not restart
   n2 = _by_field(late)["num_steps"]
-  assert n2.value == 356 + int((540 - gone - 20.5 - 2 * 12) / 0.75) == 575
-  assert n2.reason.startswith("re-planned at step 356")
+  assert n2.value == 372 + int((540 - gone - 2 * 12) / 0.75) == 625
+  assert n2.reason.startswith("re-planned at step 372")
   assert "750 ms" in n2.reason
   assert n2.reason.count("re-planned") == 2  # the history, newest first
-  assert _by_field(late)["lr_boundaries"].value == (431, 529)
+  assert _by_field(late)["lr_boundaries"].value == (468, 575)
 
 
 def test_replan_of_a_run_started_again_is_the_late_one_only(monkeypatch):
@@ -519,17 +520,17 @@ def test_replan_of_a_run_started_again_is_the_late_one_only(monkeypatch):
   replan = train._Replan.create(_plan(832), 0, start=0.0, first=False)
   assert replan.late_from == 10 and replan.late_step == 332
   assert _loop(replan, clock, lambda k: 0.5, 832) == {} and replan.done
-  # Slower: re-planned at 40% from steps 11-400, compiling = step 1 less a
-  # step (19.75 s).
+  # Slower: re-planned at 40% from steps 11-400 (after step 1's compiling
+  # and the warm-up), nothing to compile after it.
   clock = _Clock(100.0)
   monkeypatch.setattr(train, "time", clock)
   replan = train._Replan.create(_plan(1000), 0, start=0.0, first=False)
   plans = _loop(replan, clock, lambda k: 20.5 if k == 1 else 0.75, 400)
   ((step, (late, restart)),) = plans.items()
   gone = 100.0 + 20.5 + 399 * 0.75
-  left = 540 - gone - 19.75 - 2 * 12
+  left = 540 - gone - 2 * 12
   assert step == 400 and not restart
-  assert _by_field(late)["num_steps"].value == 400 + int(left / 0.75)
+  assert _by_field(late)["num_steps"].value == 400 + int(left / 0.75) == 528
   # Too short a run for both: none (see _Replan).
   assert train._Replan.create(_plan(399), 0, start=0.0) is None
 
