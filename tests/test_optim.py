@@ -145,7 +145,7 @@ def test_the_steps_optimizer_takes_its_schedule_steps_as_an_input():
     around = [b + d for b in c.lr_boundaries for d in (-1, 0, 1)]
     for t in (0, 1, 30, 59, 60, c.warmup_steps, *around, 3000):
       got = float(lr_at(steps, t))
-      assert got == float(want(t)), (t, got)
+      np.testing.assert_allclose(got, float(want(t)), rtol=1e-6)
       ref = reference_lr(
         t,
         c.learning_rate,
@@ -155,6 +155,20 @@ def test_the_steps_optimizer_takes_its_schedule_steps_as_an_input():
         c.lr_decay_factor,
       )
       np.testing.assert_allclose(got, ref, rtol=1e-6)
+  # Traced steps give the very floats of constant ones (what XLA compiled
+  # before the steps were an input: a run's numbers do not change).
+  for name, arg in (("shapes", None), ("voc_folder", "small")):
+    c = load_config(name, arg)
+    for warmup, f0 in ((c.warmup_steps, c.warmup_init_factor), (88, 0.1)):
+      c.update(warmup_steps=warmup, warmup_init_factor=f0)
+      spec_c, steps = optim.optimizer_spec(c), optim.config_schedule_steps(c)
+      traced = jax.jit(
+        lambda t, s, spec_c=spec_c: optim.build_optimizer(spec_c, s)[1](t)
+      )
+      const = jax.jit(optim.build_optimizer(spec_c, steps)[1])
+      for t in range(warmup + 2):
+        got, want = traced(np.int32(t), steps), const(np.int32(t))
+        assert np.asarray(got).tobytes() == np.asarray(want).tobytes(), t
   # The state does not depend on the steps: one checkpoint layout.
   params = {"w": jnp.ones((3,))}
   a = optim.build_optimizer(spec, optim.config_schedule_steps(config))[0]
