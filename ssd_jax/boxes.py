@@ -173,7 +173,8 @@ def elementwise_iou(
   """Intersection over union of aligned (broadcasting) pairs of boxes.
 
   THE IoU of ssd_jax: `pairwise_iou`, NMS, VOC AP and the augmentation's
-  crop sampler all use it. `inter / (area1 + area2 - inter)` with areas as
+  crop sampler all use it (the default-box fit its formula,
+  `iou_from_overlaps`). `inter / (area1 + area2 - inter)` with areas as
   `box_area`; where the intersection is empty the IoU is 0, so zero-area,
   inverted and padded boxes give 0 with everything, never NaN (nor a NaN
   gradient: the division is guarded on both branches of the `where`).
@@ -206,12 +207,36 @@ def elementwise_iou(
   )  # [...]
   if inclusive:
     iw, ih = iw + 1.0, ih + 1.0
+  return iou_from_overlaps(
+    iw,
+    ih,
+    box_area(boxes1, inclusive=inclusive, xp=xp),
+    box_area(boxes2, inclusive=inclusive, xp=xp),
+    xp=xp,
+  )
+
+
+def iou_from_overlaps(iw, ih, area1, area2, *, xp: ModuleType = jnp):
+  """The IoU of `elementwise_iou` from the boxes' overlaps along each axis.
+
+  For callers that know the overlaps of many pairs without forming the
+  pairs (`default_boxes` scores a box against a grid of priors from the
+  box's overlap with each column [.., X, 1] and each row [.., 1, Y]): the
+  same numbers, bit for bit, as `elementwise_iou` of the pairs.
+
+  Args:
+    iw: [...] `min(x_max) - max(x_min)` of each pair (negative: apart).
+    ih: [...] the same along y; broadcasts against `iw`.
+    area1: [...] `box_area` of the first boxes; broadcasts.
+    area2: [...] `box_area` of the second boxes; broadcasts.
+    xp: array module.
+
+  Returns:
+    [...] IoU in [0, 1], the broadcast shape; 0 where the boxes do not
+    overlap (never NaN).
+  """
   inter = xp.maximum(iw, 0.0) * xp.maximum(ih, 0.0)  # [...]
-  union = (
-    box_area(boxes1, inclusive=inclusive, xp=xp)
-    + box_area(boxes2, inclusive=inclusive, xp=xp)
-    - inter
-  )  # [...]
+  union = area1 + area2 - inter  # [...]
   overlap = inter > 0
   return xp.where(overlap, inter / xp.where(overlap, union, 1.0), 0.0)
 

@@ -564,9 +564,9 @@ def _window(inter):
 
 def _grid_ious(g, g_area, grid):
   """IoUs [G, n, X, Y] of boxes g [G, 4] (areas g_area [G]) with the grid's
-  cells in each box's overlap span, as `elementwise_iou` computes them, and
-  the cells' prior indices [G, n, X, Y] (as a callable: only the forced
-  matches need them). Every prior outside the spans has IoU exactly 0."""
+  cells in each box's overlap span (`boxes.iou_from_overlaps`: the numbers
+  of `elementwise_iou`) and the cells' prior indices [G, n, X, Y] (as a
+  callable: only the forced matches need them). Every prior outside the spans has IoU exactly 0."""
   n, f = grid.x.shape[:2]
   iw = _overlaps(g[:, 0], g[:, 2], grid.x)  # [G, n, f]
   ih = _overlaps(g[:, 1], g[:, 3], grid.y)  # [G, n, f]
@@ -581,12 +581,13 @@ def _grid_ious(g, g_area, grid):
   ih = np.where(np.arange(span_y) < wy[..., None], _take(ih, ys), 0.0)
   pw = np.maximum(_take(grid.x[..., 1] - grid.x[..., 0], xs), 0.0)
   ph = np.maximum(_take(grid.y[..., 1] - grid.y[..., 0], ys), 0.0)
-  inter = np.maximum(iw, 0.0)[..., :, None] * np.maximum(ih, 0.0)[..., None, :]
-  union = (
-    g_area[:, None, None, None] + pw[..., :, None] * ph[..., None, :]
-  ) - inter  # As box_area(gt) + box_area(prior) - inter.
-  overlap = inter > 0
-  iou = np.where(overlap, inter / np.where(overlap, union, 1.0), 0.0)
+  iou = box_lib.iou_from_overlaps(
+    iw[..., :, None],
+    ih[..., None, :],
+    g_area[:, None, None, None],
+    pw[..., :, None] * ph[..., None, :],  # The priors' box_area.
+    xp=np,
+  )  # [G, n, X, Y]
 
   def index():
     q = np.arange(n)[:, None, None]

@@ -67,6 +67,45 @@ def test_pairwise_iou_hand_worked():
   )
 
 
+@pytest.mark.parametrize("xp", [np, jnp], ids=["numpy", "jnp"])
+def test_iou_from_overlaps_is_elementwise_iou_bit_for_bit(xp):
+  """From per-axis overlaps broadcast over a grid of pairs (columns x rows,
+  as default_boxes scores a box against a grid), the same bits as
+  elementwise_iou of the formed pairs, degenerate boxes included."""
+  rng = np.random.default_rng(3)
+  g = _random_corners(rng, 7)
+  g[0] = [0.2, 0.2, 0.2, 0.4]  # Zero area.
+  g[1] = [0.4, 0.4, 0.1, 0.1]  # Inverted.
+  cols = np.sort(rng.uniform(0, 1, (5, 2)), -1).astype(np.float32)  # [X, 2]
+  rows = np.sort(rng.uniform(0, 1, (6, 2)), -1).astype(np.float32)  # [Y, 2]
+  cols[0] = [0.9, 0.95]  # Apart from most boxes.
+  pairs = np.zeros((7, 5, 6, 4), np.float32)
+  pairs[..., 0::2] = cols[None, :, None, :]
+  pairs[..., 1::2] = rows[None, None, :, :]
+  want = box_lib.elementwise_iou(g[:, None, None], pairs, xp=xp)
+  iw = np.minimum(g[:, None, 2], cols[:, 1]) - np.maximum(
+    g[:, None, 0], cols[:, 0]
+  )  # [G, X]
+  ih = np.minimum(g[:, None, 3], rows[:, 1]) - np.maximum(
+    g[:, None, 1], rows[:, 0]
+  )  # [G, Y]
+  got = box_lib.iou_from_overlaps(
+    iw[:, :, None],
+    ih[:, None, :],
+    box_lib.box_area(g, xp=np)[:, None, None],
+    ((cols[:, 1] - cols[:, 0])[:, None] * (rows[:, 1] - rows[:, 0]))[None],
+    xp=xp,
+  )
+  assert got.shape == (7, 5, 6)
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  assert (np.asarray(got)[:2] == 0).all()  # Degenerate boxes: IoU 0.
+  loop = [
+    [[_ref_iou(g[i], pairs[i, x, y]) for y in range(6)] for x in range(5)]
+    for i in range(7)
+  ]
+  np.testing.assert_allclose(np.asarray(got), loop, rtol=1e-6, atol=1e-7)
+
+
 def test_pairwise_iou_empty_and_degenerate_gradients():
   assert box_lib.pairwise_iou(np.zeros((0, 4)), np.zeros((3, 4))).shape == (
     0,
