@@ -566,7 +566,8 @@ def _grid_ious(g, g_area, grid):
   """IoUs [G, n, X, Y] of boxes g [G, 4] (areas g_area [G]) with the grid's
   cells in each box's overlap span (`boxes.iou_from_overlaps`: the numbers
   of `elementwise_iou`) and the cells' prior indices [G, n, X, Y] (as a
-  callable: only the forced matches need them). Every prior outside the spans has IoU exactly 0."""
+  callable: only the forced matches need them). Every prior outside the
+  spans has IoU exactly 0."""
   n, f = grid.x.shape[:2]
   iw = _overlaps(g[:, 0], g[:, 2], grid.x)  # [G, n, f]
   ih = _overlaps(g[:, 1], g[:, 3], grid.y)  # [G, n, f]
