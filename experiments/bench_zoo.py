@@ -15,7 +15,7 @@ hard negatives on pre-matched random targets, as NVIDIA's data loader
 matches on the host, backward, SGD). Ratio = ssd_jax / torch (< 1: ssd_jax
 faster). Median of `--repeats` timed calls after warm-up, with the XLA CPU
 flags and CPU ops of `python -m ssd_jax.main` (`runtime.apply_xla_cpu_flags`,
-`cpu_fast_ops`).
+`cpu_fast_ops`; `--plain-ops` for flax's max pool and BatchNorm).
 
   python experiments/bench_zoo.py                 # all three, full size
   python experiments/bench_zoo.py --models ssdlite --repeats 1 --batch 2
@@ -39,13 +39,21 @@ import bench_model  # noqa: E402 (a sibling script)
 from ssd_jax import losses, matching, models, runtime  # noqa: E402
 
 MODELS = {
-  # name: (ssd_jax constructor(width, side), default input side)
+  # name: (ssd_jax constructor(width, side, cpu_fast_ops), default side)
   "vgg16": (
-    lambda w, s: models.SSD(81, image_size=s, width=w, cpu_fast_ops=True),
+    lambda w, s, f: models.SSD(81, image_size=s, width=w, cpu_fast_ops=f),
     300,
   ),
-  "resnet50": (lambda w, s: models.SSD300ResNet50(81, width=w), 300),
-  "ssdlite": (lambda w, s: models.SSDLite320(91, image_size=s, width=w), 320),
+  "resnet50": (
+    lambda w, s, f: models.SSD300ResNet50(81, width=w, cpu_fast_ops=f),
+    300,
+  ),
+  "ssdlite": (
+    lambda w, s, f: models.SSDLite320(
+      91, image_size=s, width=w, cpu_fast_ops=f
+    ),
+    320,
+  ),
 }
 
 
@@ -61,12 +69,17 @@ def median_seconds(fn, repeats: int) -> float:
 
 
 def ours(
-  name: str, batch: int, repeats: int, width: float = 1.0, side: int = 0
+  name: str,
+  batch: int,
+  repeats: int,
+  width: float = 1.0,
+  side: int = 0,
+  cpu_fast_ops: bool = True,
 ) -> dict:
   """Parameters, GFLOP/image, forward b1/b batch and train-step seconds."""
   build, default_side = MODELS[name]
   side = side if side and name != "resnet50" else default_side
-  model = build(width, side)
+  model = build(width, side, cpu_fast_ops)
   x1 = jnp.zeros((1, side, side, 3))
   variables = jax.jit(model.init)(jax.random.key(0), x1)
   params = variables["params"]
@@ -218,6 +231,11 @@ def main(argv=None) -> None:
   parser.add_argument(
     "--image-size", type=int, default=0, help="ssd_jax vgg16/ssdlite only"
   )
+  parser.add_argument(
+    "--plain-ops",
+    action="store_true",
+    help="flax's max pool and BatchNorm, not cpu_ops' (model.cpu_fast_ops)",
+  )
   args = parser.parse_args(argv)
   # The XLA CPU flags `python -m ssd_jax.main` uses (before JAX starts).
   runtime.apply_xla_cpu_flags()
@@ -227,7 +245,14 @@ def main(argv=None) -> None:
     flush=True,
   )
   for name in args.models.split(","):
-    mine = ours(name, args.batch, args.repeats, args.width, args.image_size)
+    mine = ours(
+      name,
+      args.batch,
+      args.repeats,
+      args.width,
+      args.image_size,
+      cpu_fast_ops=not args.plain_ops,
+    )
     ref = None if args.no_torch else theirs(name, args.batch, args.repeats)
     print(
       f"{name:<9} params {mine['params']:,}  {mine['gflop']:.2f} GFLOP/image"

@@ -131,7 +131,8 @@ def base_config() -> ml_collections.ConfigDict:
       # start. Set from <workdir>/default_boxes.json for a fitted workdir.
       "prior_min_sizes": (),
       "prior_max_sizes": (),
-      # Cheaper max-pool gradient on XLA CPU; "auto" = on for the CPU.
+      # Cheaper max-pool and BatchNorm gradients on XLA CPU (`cpu_ops`);
+      # "auto" = on for the CPU.
       "cpu_fast_ops": "auto",
     }
   )

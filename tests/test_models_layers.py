@@ -3,6 +3,7 @@
 import math
 import re
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from ssd_jax.models import layers
+from ssd_jax.models import cpu_ops, layers
 
 F32 = dict(dtype=jnp.float32, param_dtype=jnp.float32)
 
@@ -296,6 +297,89 @@ def test_conv_bn_default_momentum_is_torchs_default():
   # flax decay 0.9 == torch momentum 0.1; eps 1e-5 as torch's.
   layer = layers.ConvBN(2, 1)
   assert layer.bn_momentum == 0.9 and layer.bn_eps == 1e-5
+
+
+def batch_norm_kinds(model, variables, x) -> dict[str, int]:
+  """How many of flax's and of `cpu_ops`' BatchNorms a training-mode apply
+  calls: {"flax": n, "cpu_ops": m}."""
+  kinds = {"flax": 0, "cpu_ops": 0}
+
+  def count(next_fun, args, kwargs, context):
+    if context.method_name == "__call__":
+      if type(context.module) is nn.BatchNorm:
+        kinds["flax"] += 1
+      elif type(context.module) is cpu_ops.BatchNorm:
+        kinds["cpu_ops"] += 1
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(count):
+    model.apply(variables, x, train=True, mutable=["batch_stats"])
+  return kinds
+
+
+def assert_cpu_fast_ops_everywhere(model, variables, x) -> None:
+  """`model` (cpu_fast_ops off) calls only flax's BatchNorms, one per
+  running mean in `variables`; with cpu_fast_ops only `cpu_ops.BatchNorm`s;
+  and both give the same training outputs and running statistics."""
+  fast = model.clone(cpu_fast_ops=True)
+  flat = flax.traverse_util.flatten_dict(variables["batch_stats"])
+  bns = sum(k[-1] == "mean" for k in flat)
+  assert bns > 0
+  assert batch_norm_kinds(model, variables, x) == {"flax": bns, "cpu_ops": 0}
+  assert batch_norm_kinds(fast, variables, x) == {"flax": 0, "cpu_ops": bns}
+  train = dict(train=True, mutable=["batch_stats"])
+  want = model.apply(variables, x, **train)
+  got = fast.apply(variables, x, **train)
+  # Float rounding grows through a deep net (ResNet-50: ~7e-5 of the
+  # outputs' scale); a wrong statistic would be off by far more.
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+    scale = max(1.0, float(np.abs(b).max()))
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=5e-4 * scale)
+
+
+def test_conv_bn_cpu_fast_ops_same_training_results():
+  """cpu_fast_ops: cpu_ops.BatchNorm, the same variables, and in training
+  the same outputs, running statistics and gradients as flax's."""
+  rng = np.random.default_rng(5)
+  x = jnp.asarray(rng.normal(size=(4, 7, 7, 3)) * 20, jnp.float32)
+  plain = layers.ConvBN(5, 3, stride=2, padding=1, **F32)
+  fast = plain.clone(cpu_fast_ops=True)
+  variables = plain.init(jax.random.key(0), x)
+  assert jax.tree.map(np.shape, fast.init(jax.random.key(0), x)) == (
+    jax.tree.map(np.shape, variables)
+  )
+  variables = {
+    "params": {
+      **variables["params"],
+      "bn": {
+        "scale": jnp.asarray(rng.uniform(0.5, 1.5, 5), jnp.float32),
+        "bias": jnp.asarray(rng.normal(size=5), jnp.float32),
+      },
+    },
+    "batch_stats": variables["batch_stats"],
+  }
+  assert batch_norm_kinds(plain, variables, x) == {"flax": 1, "cpu_ops": 0}
+  assert batch_norm_kinds(fast, variables, x) == {"flax": 0, "cpu_ops": 1}
+
+  def loss(layer, params, x):
+    y, new = layer.apply(
+      {"params": params, "batch_stats": variables["batch_stats"]},
+      x,
+      train=True,
+      mutable=["batch_stats"],
+    )
+    return jnp.sum(jnp.sin(y)), (y, new["batch_stats"])
+
+  grad = jax.grad(loss, argnums=(1, 2), has_aux=True)
+  (gp_fast, gx_fast), (y_fast, s_fast) = grad(fast, variables["params"], x)
+  (gp, gx), (y, s) = grad(plain, variables["params"], x)
+  np.testing.assert_allclose(y_fast, y, rtol=1e-5, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(s_fast), jax.tree.leaves(s), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  for a, b in zip(
+    jax.tree.leaves((gp_fast, gx_fast)), jax.tree.leaves((gp, gx)), strict=True
+  ):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max())
 
 
 def test_conv_bn_dtypes():

@@ -438,6 +438,14 @@ def test_from_config_cpu_fast_ops():
   assert not models.from_config(cfg | {"cpu_fast_ops": False}, 3).cpu_fast_ops
   with pytest.raises(ValueError, match="model.cpu_fast_ops"):
     models.from_config(cfg | {"cpu_fast_ops": "yes"}, 3)
+  for backbone in ("resnet50", "mobilenet_v3_large"):  # The zoo's too.
+    zoo = {"backbone": backbone, "width": 0.25}
+    auto = models.from_config(zoo, 3)
+    assert auto.cpu_fast_ops == (jax.default_backend() == "cpu")
+    assert models.from_config(zoo | {"cpu_fast_ops": "true"}, 3).cpu_fast_ops
+    assert not models.from_config(zoo | {"cpu_fast_ops": False}, 3).cpu_fast_ops
+    with pytest.raises(ValueError, match="model.cpu_fast_ops"):
+      models.from_config(zoo | {"cpu_fast_ops": "yes"}, 3)
 
 
 def test_from_config_coco_priors():

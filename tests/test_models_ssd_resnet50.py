@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from test_models_backbones_resnet import param_count, random_variables
+from test_models_layers import assert_cpu_fast_ops_everywhere
 
 from ssd_jax.models import ssd_resnet50
 from ssd_jax.models.ssd_resnet50 import SSD300ResNet50
@@ -173,6 +174,15 @@ def test_forward_eval_and_train_modes():
   )
   assert all(jax.tree.leaves(changed))
   assert not np.allclose(train_loc, loc)
+
+
+def test_cpu_fast_ops_reach_every_batch_norm():
+  """cpu_fast_ops: every BatchNorm of the trunk and the extras is
+  cpu_ops.BatchNorm (none of flax's), the same training outputs."""
+  model = SSD300ResNet50(num_classes=4, width=SMALL)
+  x = jax.random.normal(jax.random.key(0), (2, 300, 300, 3))
+  variables = random_variables(model, x)
+  assert_cpu_fast_ops_everywhere(model, variables, x)
 
 
 def test_extra_blocks_start_from_nvidias_xavier_init():

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_models_layers import assert_cpu_fast_ops_everywhere
 
 from ssd_jax import default_boxes as db
 from ssd_jax.models import ssdlite
@@ -230,6 +231,16 @@ def test_train_then_eval_at_small_width():
   assert np.all(var >= 0.97) and np.any(var != 1.0)
   assert eval_loc.shape == (2, 312, 4)
   assert not np.allclose(eval_loc, loc)
+
+
+def test_cpu_fast_ops_reach_every_batch_norm():
+  """cpu_fast_ops: every BatchNorm of the backbone, extras and heads is
+  cpu_ops.BatchNorm (none of flax's), the same training outputs."""
+  model = ssdlite.SSDLite320(num_classes=4, image_size=96, width=0.25)
+  x = np.random.default_rng(0).uniform(-1, 1, (2, 96, 96, 3))
+  x = x.astype(np.float32)
+  variables = _fresh_variables(jax.eval_shape(model.init, jax.random.key(0), x))
+  assert_cpu_fast_ops_everywhere(model, variables, x)
 
 
 def test_bfloat16_outputs():

@@ -373,6 +373,8 @@ class ConvBN(nn.Module):
       SSDLite and NVIDIA's SSD add pass their references' own).
     dtype: computation dtype.
     param_dtype: parameter dtype.
+    cpu_fast_ops: the BatchNorm is `cpu_ops.BatchNorm` (the same
+      variables and values, faster to train on XLA CPU).
   """
 
   features: int
@@ -386,6 +388,7 @@ class ConvBN(nn.Module):
   kernel_init: Any = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  cpu_fast_ops: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -417,6 +420,7 @@ class ConvBN(nn.Module):
       dtype=self.dtype,
       param_dtype=self.param_dtype,
       momentum=self.bn_momentum,
+      cpu_fast=self.cpu_fast_ops,
       epsilon=self.bn_eps,
     )(x)
     return x if self.activation is None else self.activation(x)

@@ -263,7 +263,7 @@ def from_config(model_cfg: Any, num_classes: int) -> Any:
   "mobilenet_v3_large" torchvision's `SSDLite320`, each with its own
   default boxes and input normalisation, built at `image_size` (default
   300 / 320) and `width`, with `dtype` / `param_dtype` (and SSDLite's
-  `reduced_tail`); `name` and `cpu_fast_ops` concern the VGG models only.
+  `reduced_tail`, and `cpu_fast_ops`); `name` concerns the VGG models only.
 
   Args:
     model_cfg: ConfigDict (or mapping) with `name` ("ssd300" | "ssd512" |
@@ -283,7 +283,8 @@ def from_config(model_cfg: Any, num_classes: int) -> Any:
       `image_size` only; see `VGG16`), and
       `cpu_fast_ops` ("auto" | "true" | "false" or a bool, default
       "auto": on when JAX's default backend is the CPU; selects the
-      CPU-friendly max-pool gradient, `cpu_ops.max_pool`).
+      CPU-friendly max-pool gradient, `cpu_ops.max_pool`, and BatchNorm,
+      `cpu_ops.BatchNorm`, every family's).
     num_classes: classes including background.
 
   Returns:
@@ -354,16 +355,9 @@ def from_config(model_cfg: Any, num_classes: int) -> Any:
   prior_config = by_size and by_size[int(image_size)]
   if priors == "fitted":
     prior_config = _fitted_prior_config(cfg, int(image_size), conv3_3_map)
-  fast = str(cfg.get("cpu_fast_ops", "auto")).lower()
-  if fast not in ("true", "false", "auto"):
-    raise ValueError(
-      "model.cpu_fast_ops must be 'auto', 'true' or 'false'; got "
-      f"{cfg['cpu_fast_ops']!r}"
-    )
-  fast = jax.default_backend() == "cpu" if fast == "auto" else fast == "true"
   return SSD(
     num_classes=num_classes,
-    cpu_fast_ops=fast,
+    cpu_fast_ops=_cpu_fast_ops(cfg),
     image_size=int(image_size),
     width=float(cfg.get("width", 1.0)),
     batch_norm=bool(cfg.get("batch_norm", False)),
@@ -373,6 +367,17 @@ def from_config(model_cfg: Any, num_classes: int) -> Any:
     param_dtype=_DTYPES[cfg.get("param_dtype", "float32")],
     prior_config=prior_config,
   )
+
+
+def _cpu_fast_ops(cfg: dict) -> bool:
+  """`model.cpu_fast_ops` resolved: "auto" is on for JAX's CPU backend."""
+  fast = str(cfg.get("cpu_fast_ops", "auto")).lower()
+  if fast not in ("true", "false", "auto"):
+    raise ValueError(
+      "model.cpu_fast_ops must be 'auto', 'true' or 'false'; got "
+      f"{cfg['cpu_fast_ops']!r}"
+    )
+  return jax.default_backend() == "cpu" if fast == "auto" else fast == "true"
 
 
 def _fitted_prior_config(
@@ -449,5 +454,6 @@ def _zoo_model(backbone: str, cfg: dict, num_classes: int) -> Any:
     width=float(cfg.get("width", 1.0)),
     dtype=_DTYPES[cfg.get("dtype", "float32")],
     param_dtype=_DTYPES[cfg.get("param_dtype", "float32")],
+    cpu_fast_ops=_cpu_fast_ops(cfg),
     **extra,
   )

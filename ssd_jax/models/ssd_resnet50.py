@@ -94,12 +94,15 @@ class BNExtraBlock(nn.Module):
     width: channel multiplier.
     dtype: computation dtype.
     param_dtype: parameter dtype.
+    cpu_fast_ops: the BatchNorms are `cpu_ops.BatchNorm` (the same
+      variables and values, faster to train on XLA CPU).
   """
 
   block: ExtraBlock
   width: float = 1.0
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  cpu_fast_ops: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -112,6 +115,7 @@ class BNExtraBlock(nn.Module):
     layer = dict(
       dtype=self.dtype,
       param_dtype=self.param_dtype,
+      cpu_fast_ops=self.cpu_fast_ops,
       kernel_init=nn.initializers.xavier_uniform(),  # NVIDIA's _init_weights.
     )
     b = self.block
@@ -133,12 +137,15 @@ class BNExtraLayers(nn.Module):
     width: channel multiplier.
     dtype: computation dtype.
     param_dtype: parameter dtype.
+    cpu_fast_ops: the BatchNorms are `cpu_ops.BatchNorm` (the same
+      variables and values, faster to train on XLA CPU).
   """
 
   blocks: tuple[ExtraBlock, ...]
   width: float = 1.0
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  cpu_fast_ops: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> list[jax.Array]:
@@ -159,6 +166,7 @@ class BNExtraLayers(nn.Module):
         self.width,
         dtype=self.dtype,
         param_dtype=self.param_dtype,
+        cpu_fast_ops=self.cpu_fast_ops,
         name=f"block{i}",
       )(x, train)
       maps.append(x)
@@ -174,6 +182,8 @@ class SSD300ResNet50(nn.Module):
     width: channel multiplier for every layer (1.0 is NVIDIA's model).
     dtype: computation dtype (e.g. jnp.bfloat16); outputs come in it.
     param_dtype: parameter dtype.
+    cpu_fast_ops: the BatchNorms are `cpu_ops.BatchNorm` (the same
+      variables and values, faster to train on XLA CPU).
     normalization: the input normalisation the model expects (a class
       constant): "imagenet", RGB in [0, 1] minus ImageNet's mean (0.485,
       0.456, 0.406), divided by its std (0.229, 0.224, 0.225).
@@ -184,6 +194,7 @@ class SSD300ResNet50(nn.Module):
   width: float = 1.0
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  cpu_fast_ops: bool = False
 
   normalization: ClassVar[str] = "imagenet"
 
@@ -221,8 +232,9 @@ class SSD300ResNet50(nn.Module):
   def setup(self):
     check_image_size(self.image_size)
     layer = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    self.backbone = ResNet50Backbone(width=self.width, **layer)
-    self.extras = BNExtraLayers(NVIDIA_EXTRAS, width=self.width, **layer)
+    bn = dict(cpu_fast_ops=self.cpu_fast_ops)
+    self.backbone = ResNet50Backbone(width=self.width, **layer, **bn)
+    self.extras = BNExtraLayers(NVIDIA_EXTRAS, width=self.width, **layer, **bn)
     self.heads = MultiboxHeads(self.num_classes, self.head_boxes(), **layer)
 
   def __call__(

@@ -81,11 +81,14 @@ class SSDLiteExtraBlock(nn.Module):
     features: output channels; the first two convs have `features // 2`.
     dtype: computation dtype.
     param_dtype: parameter dtype.
+    cpu_fast_ops: the BatchNorms are `cpu_ops.BatchNorm` (the same
+      variables and values, faster to train on XLA CPU).
   """
 
   features: int
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  cpu_fast_ops: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -98,6 +101,7 @@ class SSDLiteExtraBlock(nn.Module):
       kernel_init=_NORMAL_INIT,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
+      cpu_fast_ops=self.cpu_fast_ops,
     )
     x = ConvBN(mid, 1, name="reduce", **layer)(x, train)
     x = ConvBN(
@@ -116,11 +120,14 @@ class SSDLitePredictionBlock(nn.Module):
     features: output channels (A * K).
     dtype: computation dtype.
     param_dtype: parameter dtype.
+    cpu_fast_ops: the BatchNorms are `cpu_ops.BatchNorm` (the same
+      variables and values, faster to train on XLA CPU).
   """
 
   features: int
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  cpu_fast_ops: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -136,6 +143,7 @@ class SSDLitePredictionBlock(nn.Module):
       kernel_init=_NORMAL_INIT,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
+      cpu_fast_ops=self.cpu_fast_ops,
       name="depthwise",
     )(x, train)
     return nn.Conv(
@@ -159,12 +167,15 @@ class SSDLiteHeads(nn.Module):
     boxes_per_location: default boxes per location of each map.
     dtype: computation dtype; outputs come in it.
     param_dtype: parameter dtype.
+    cpu_fast_ops: the BatchNorms are `cpu_ops.BatchNorm` (the same
+      variables and values, faster to train on XLA CPU).
   """
 
   num_classes: int
   boxes_per_location: tuple[int, ...]
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  cpu_fast_ops: bool = False
 
   @nn.compact
   def __call__(
@@ -181,7 +192,11 @@ class SSDLiteHeads(nn.Module):
       logits: [B, P, num_classes].
     """
     locs, logits = [], []
-    layer = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    layer = dict(
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      cpu_fast_ops=self.cpu_fast_ops,
+    )
     for k, (source, a) in enumerate(
       zip(sources, self.boxes_per_location, strict=True)
     ):
@@ -212,6 +227,8 @@ class SSDLite320(nn.Module):
       does with `weights_backbone`).
     dtype: computation dtype; outputs come in it.
     param_dtype: parameter dtype.
+    cpu_fast_ops: the BatchNorms are `cpu_ops.BatchNorm` (the same
+      variables and values, faster to train on XLA CPU).
     normalization: the input normalisation's name: RGB to [-1, 1].
   """
 
@@ -221,6 +238,7 @@ class SSDLite320(nn.Module):
   reduced_tail: bool = True
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  cpu_fast_ops: bool = False
 
   normalization: ClassVar[str] = "minus_one_one"
 
@@ -233,6 +251,7 @@ class SSDLite320(nn.Module):
       bn_momentum=BN_MOMENTUM,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
+      cpu_fast_ops=self.cpu_fast_ops,
       **kwargs,
     )
 
@@ -295,7 +314,11 @@ class SSDLite320(nn.Module):
         f"SSDLite320(image_size={self.image_size}) expects images of shape "
         f"[B, {self.image_size}, {self.image_size}, 3], got {images.shape}"
       )
-    layer = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    layer = dict(
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      cpu_fast_ops=self.cpu_fast_ops,
+    )
     sources = list(self.backbone_module(name="backbone")(images, train))
     x = sources[-1]
     for k, features in enumerate(extra_channels(self.width)):

@@ -53,6 +53,8 @@ class Bottleneck(nn.Module):
     downsample: project the shortcut (a stage's first block).
     dtype: computation dtype.
     param_dtype: parameter dtype.
+    cpu_fast_ops: the BatchNorms are `cpu_ops.BatchNorm` (the same
+      variables and values, faster to train on XLA CPU).
   """
 
   features: int
@@ -60,6 +62,7 @@ class Bottleneck(nn.Module):
   downsample: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  cpu_fast_ops: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -71,7 +74,11 @@ class Bottleneck(nn.Module):
       x: the block's input, NHWC.
       train: BatchNorm with batch statistics, updating the running ones.
     """
-    layer = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    layer = dict(
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      cpu_fast_ops=self.cpu_fast_ops,
+    )
     out = EXPANSION * self.features
     y = ConvBN(self.features, 1, name="conv1", **layer)(x, train)
     y = ConvBN(self.features, 3, self.stride, padding=1, name="conv2", **layer)(
@@ -95,6 +102,8 @@ class ResNet(nn.Module):
     width: channel multiplier of every layer (1.0 is torchvision's).
     dtype: computation dtype; the output comes in it.
     param_dtype: parameter dtype.
+    cpu_fast_ops: the BatchNorms are `cpu_ops.BatchNorm` (the same
+      variables and values, faster to train on XLA CPU).
   """
 
   stage_sizes: Sequence[int] = (3, 4, 6, 3)
@@ -102,6 +111,7 @@ class ResNet(nn.Module):
   width: float = 1.0
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  cpu_fast_ops: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -128,7 +138,11 @@ class ResNet(nn.Module):
         f"{tuple(self.strides)} need one entry per stage, at most "
         f"{len(STAGE_WIDTHS)} stages"
       )
-    layer = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    layer = dict(
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      cpu_fast_ops=self.cpu_fast_ops,
+    )
     x = x.astype(self.dtype)
     stem = scaled_channels(STEM_CHANNELS, self.width)
     x = ConvBN(stem, 7, 2, padding=3, name="conv1", **layer)(x, train)
@@ -188,11 +202,14 @@ class ResNet50Backbone(nn.Module):
     width: channel multiplier (1.0 is ResNet-50).
     dtype: computation dtype; the map comes in it.
     param_dtype: parameter dtype.
+    cpu_fast_ops: the BatchNorms are `cpu_ops.BatchNorm` (the same
+      variables and values, faster to train on XLA CPU).
   """
 
   width: float = 1.0
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  cpu_fast_ops: bool = False
 
   @staticmethod
   def feature_sizes(image_size: int) -> tuple[int]:
@@ -211,6 +228,7 @@ class ResNet50Backbone(nn.Module):
       width=self.width,
       dtype=self.dtype,
       param_dtype=self.param_dtype,
+      cpu_fast_ops=self.cpu_fast_ops,
     )
     nn.share_scope(self, self.trunk)
 
