@@ -544,14 +544,6 @@ def _grids(corners, map_rows, sides) -> list[_Grid]:
   return grids
 
 
-def _overlaps(g_lo, g_hi, p):
-  """Intersection lengths [G, n, f] of boxes' sides [G] with grid sides
-  p [n, f, 2], as `elementwise_iou` computes them (min - max)."""
-  return np.minimum(g_hi[:, None, None], p[None, :, :, 1]) - np.maximum(
-    g_lo[:, None, None], p[None, :, :, 0]
-  )
-
-
 def _window(inter):
   """First index and length of each [..., f] row's positive entries (the
   span from the first to the last; 0 long where none)."""
@@ -569,8 +561,13 @@ def _grid_ious(g, g_area, grid):
   callable: only the forced matches need them). Every prior outside the
   spans has IoU exactly 0."""
   n, f = grid.x.shape[:2]
-  iw = _overlaps(g[:, 0], g[:, 2], grid.x)  # [G, n, f]
-  ih = _overlaps(g[:, 1], g[:, 3], grid.y)  # [G, n, f]
+  g = g[:, None, None]  # [G, 1, 1, 4] against the grid's [n, f].
+  iw = box_lib.interval_overlap(
+    g[..., 0], g[..., 2], grid.x[..., 0], grid.x[..., 1], xp=np
+  )  # [G, n, f]
+  ih = box_lib.interval_overlap(
+    g[..., 1], g[..., 3], grid.y[..., 0], grid.y[..., 1], xp=np
+  )  # [G, n, f]
   x0, wx = _window(iw)
   y0, wy = _window(ih)
   span_x, span_y = max(int(wx.max()), 1), max(int(wy.max()), 1)

@@ -68,6 +68,19 @@ def test_pairwise_iou_hand_worked():
 
 
 @pytest.mark.parametrize("xp", [np, jnp], ids=["numpy", "jnp"])
+def test_interval_overlap_hand_worked(xp):
+  lo1 = np.array([0.0, 0.0, 0.0, 0.2], np.float32)
+  hi1 = np.array([0.5, 0.5, 0.5, 0.4], np.float32)
+  lo2 = np.array([0.25, 0.5, 0.7, 0.0], np.float32)
+  hi2 = np.array([0.75, 0.9, 0.9, 1.0], np.float32)
+  got = box_lib.interval_overlap(lo1, hi1, lo2, hi2, xp=xp)
+  # Half inside, touching, apart by 0.2, nested.
+  np.testing.assert_allclose(got, [0.25, 0.0, -0.2, 0.2], atol=1e-7)
+  broadcast = box_lib.interval_overlap(lo1[:, None], hi1[:, None], lo2, hi2)
+  assert broadcast.shape == (4, 4)
+
+
+@pytest.mark.parametrize("xp", [np, jnp], ids=["numpy", "jnp"])
 def test_iou_from_overlaps_is_elementwise_iou_bit_for_bit(xp):
   """From per-axis overlaps broadcast over a grid of pairs (columns x rows,
   as default_boxes scores a box against a grid), the same bits as
